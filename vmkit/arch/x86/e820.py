@@ -1,0 +1,30 @@
+"""The guest's physical memory map (e820 / PVH memmap entries)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vmkit.arch.x86.layout import E820_RAM, E820_RESERVED, EBDA_START, HIGH_MEMORY_START
+from vmkit.memory import GuestMemory
+
+
+@dataclass(frozen=True)
+class E820Entry:
+    address: int
+    size: int
+    type: int
+
+
+def memory_map(memory: GuestMemory) -> list[E820Entry]:
+    """RAM below the EBDA, the EBDA/BIOS area reserved, then RAM from 1 MiB and above 4 GiB."""
+    entries: list[E820Entry] = []
+    for region in memory.regions:
+        start, end = int(region.start), region.end
+        if start == 0:
+            entries.append(E820Entry(0, EBDA_START, E820_RAM))
+            entries.append(E820Entry(EBDA_START, 0xA0000 - EBDA_START, E820_RESERVED))
+            if end > HIGH_MEMORY_START:
+                entries.append(E820Entry(HIGH_MEMORY_START, end - HIGH_MEMORY_START, E820_RAM))
+        else:
+            entries.append(E820Entry(start, end - start, E820_RAM))
+    return entries

@@ -1,0 +1,25 @@
+"""Where vmkit puts things in guest-physical memory (x86_64). One table, one place."""
+
+from __future__ import annotations
+
+GDT_ADDR = 0x500            # boot GDT for the 64-bit Linux entry
+PVH_START_INFO_ADDR = 0x6000  # hvm_start_info, then its memmap and module list
+PVH_MEMMAP_ADDR = 0x6040
+PVH_MODLIST_ADDR = 0x6800
+ZERO_PAGE_ADDR = 0x7000     # Linux boot_params
+SETUP_DATA_ADDR = 0x8000    # setup_data chain (RNG seed)
+PML4_ADDR = 0x9000          # identity map for the 64-bit entry: PML4, PDPT, 4 PDs
+PDPT_ADDR = 0xA000
+PD_ADDR = 0xB000            # 4 pages: 0xB000..0xEFFF map 4 GiB with 2 MiB pages
+CMDLINE_ADDR = 0x20000
+CMDLINE_MAX = 0x10000
+EBDA_START = 0x9FC00        # MP table lives in the last KiB of base memory
+HIGH_MEMORY_START = 0x100000  # kernels load at 1 MiB
+KERNEL_LOAD_ADDR = 0x100000
+
+IOAPIC_ADDR = 0xFEC00000
+LAPIC_ADDR = 0xFEE00000
+TSS_ADDR = 0xFFFBD000       # 3 pages KVM needs on Intel hosts (KVM_SET_TSS_ADDR)
+
+E820_RAM = 1
+E820_RESERVED = 2

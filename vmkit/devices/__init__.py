@@ -1,0 +1,1 @@
+"""Emulated devices and the buses that route guest accesses to them."""

@@ -1,0 +1,126 @@
+"""build_machine: the one linear recipe that turns a VmConfig into a Machine.
+
+Order matters and is fixed, so device addresses are stable:
+  1. open /dev/kvm, create the VM, in-kernel irqchip and PIT
+  2. guest memory, registered with KVM
+  3. load the kernel and write the boot structures
+  4. devices on the PIO bus
+  5. vCPUs: CPUID, MSRs, and the boot vCPU's entry registers
+The machine comes back in the CREATED state; Machine.start runs it.
+"""
+
+from __future__ import annotations
+
+from vmkit.arch.x86 import cpu_state, layout
+from vmkit.arch.x86.boot import BootPlan, detect_kind, load_guest
+from vmkit.arch.x86.cpuid import vcpu_cpuid
+from vmkit.arch.x86.msrs import boot_msrs
+from vmkit.devices.bus import Bus
+from vmkit.devices.legacy.debug_exit import DebugConsole, DebugExit
+from vmkit.devices.legacy.i8042 import I8042
+from vmkit.devices.legacy.rtc import CmosRtc
+from vmkit.devices.legacy.serial import Serial16550
+from vmkit.kvm import Kvm, VcpuFd, VmFd
+from vmkit.memory import GuestMemory
+from vmkit.vmm import host, outcome
+from vmkit.vmm.config import VmConfig
+from vmkit.vmm.machine import Buses, Machine
+from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner
+
+COM1_PORT, COM1_IRQ = 0x3F8, 4
+I8042_PORT = 0x60
+RTC_PORT = 0x70
+DEBUG_EXIT_PORT = 0xF4
+DEBUGCON_PORT = 0xE9
+
+
+def is_linux(kernel: bytes) -> bool:
+    """bzImages are Linux; so is an ELF that carries Linux's version banner."""
+    kind = detect_kind(kernel)
+    return kind == "bzimage" or b"Linux version " in kernel
+
+
+def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
+    kvm = kvm or Kvm()
+    vm_fd: VmFd | None = None
+    memory: GuestMemory | None = None
+    vcpus: list[VcpuFd] = []
+    try:
+        config.validate(kvm.max_vcpus)
+        on_pvm = host.host_kind() == "pvm"
+
+        # 1. VM with in-kernel LAPIC/IOAPIC/PIC and PIT
+        vm_fd = kvm.create_vm()
+        vm_fd.set_tss_address(layout.TSS_ADDR)
+        vm_fd.create_irqchip()
+        vm_fd.create_pit2()
+
+        # 2. guest memory
+        memory = GuestMemory.create(config.memory_mib << 20)
+        for slot, region in enumerate(memory.regions):
+            vm_fd.set_user_memory_region(slot, int(region.start), region.size, region.host_address)
+
+        # 3. kernel and boot structures
+        cmdline = config.cmdline
+        if on_pvm and config.pvm_workarounds and is_linux(config.kernel):
+            cmdline = host.linux_cmdline_for_pvm(cmdline)
+        boot = load_guest(memory, config.kernel, cmdline=cmdline, initrd=config.initrd,
+                          num_cpus=config.vcpus, protocol=config.protocol)
+
+        # 4. devices
+        machine_ref: list[Machine] = []
+
+        def end_vm(reason: outcome.Outcome) -> None:
+            machine_ref[0].end(reason)
+
+        pio, mmio = Bus("pio"), Bus("mmio")
+        serial = Serial16550(config.console_output, lambda level: vm_fd.set_irq_line(COM1_IRQ, level))
+        devices: dict[str, object] = {
+            "serial0": serial,
+            "i8042": I8042(lambda: end_vm(outcome.RESET)),
+            "rtc": CmosRtc(),
+            "debug-exit": DebugExit(lambda status: end_vm(outcome.Outcome.debug_exit(status))),
+            "debugcon": DebugConsole(config.console_output),
+        }
+        pio.insert(serial, COM1_PORT, 8)
+        pio.insert(devices["i8042"], I8042_PORT, 5)  # type: ignore[arg-type]
+        pio.insert(devices["rtc"], RTC_PORT, 2)  # type: ignore[arg-type]
+        pio.insert(devices["debug-exit"], DEBUG_EXIT_PORT, 1)  # type: ignore[arg-type]
+        pio.insert(devices["debugcon"], DEBUGCON_PORT, 1)  # type: ignore[arg-type]
+
+        # 5. vCPUs
+        supported_cpuid = kvm.supported_cpuid()
+        msrs = boot_msrs(set(kvm.msr_index_list()))
+        for index in range(config.vcpus):
+            vcpu = vm_fd.create_vcpu(index)
+            vcpus.append(vcpu)
+            vcpu.set_cpuid2(vcpu_cpuid(supported_cpuid, index, config.vcpus))
+            vcpu.set_msrs(msrs)
+        _set_boot_registers(vcpus[0], memory, boot)
+
+        control = RunControl(config.vcpus)
+        runners = [VcpuRunner(v, pio, mmio, end_vm, control, emulate_int3=on_pvm) for v in vcpus]
+        machine = Machine(kvm, vm_fd, memory, Buses(pio, mmio), runners, control, boot, devices)
+        machine_ref.append(machine)
+        return machine
+    except BaseException:
+        for vcpu in vcpus:
+            vcpu.close()
+        if vm_fd is not None:
+            vm_fd.close()
+        if memory is not None:
+            memory.close()
+        kvm.close()
+        raise
+
+
+def _set_boot_registers(vcpu: VcpuFd, memory: GuestMemory, boot: BootPlan) -> None:
+    sregs = vcpu.get_sregs()
+    if boot.protocol == "pvh":
+        cpu_state.protected_mode_sregs(sregs)
+        regs = cpu_state.boot_regs(boot.entry, rbx=boot.boot_info)
+    else:
+        cpu_state.long_mode_sregs(sregs, memory)
+        regs = cpu_state.boot_regs(boot.entry, rsi=boot.boot_info)
+    vcpu.set_sregs(sregs)
+    vcpu.set_regs(regs)

@@ -1,0 +1,115 @@
+"""Machine: a built VM (KVM fds, memory, devices, vCPU runners) and its lifecycle."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from vmkit.arch.x86.boot import BootPlan
+from vmkit.devices.bus import Bus
+from vmkit.kvm import Kvm, VmFd
+from vmkit.memory import GuestMemory
+from vmkit.vmm.outcome import Outcome
+from vmkit.vmm.state import Lifecycle, VmState
+from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner, install_kick_handler
+
+
+@dataclass
+class Buses:
+    pio: Bus
+    mmio: Bus
+
+
+class Machine:
+    """A VM ready to run. Drive it with start/pause/resume/stop; wait() returns how it ended."""
+
+    def __init__(self, kvm: Kvm, vm_fd: VmFd, memory: GuestMemory, buses: Buses,
+                 runners: list[VcpuRunner], control: RunControl, boot: BootPlan,
+                 devices: dict[str, object]) -> None:
+        self.kvm = kvm
+        self.vm_fd = vm_fd
+        self.memory = memory
+        self.buses = buses
+        self.runners = runners
+        self.control = control
+        self.boot = boot
+        self.devices = devices
+        self.lifecycle = Lifecycle()
+        self._outcome: Outcome | None = None
+        self._ended = threading.Event()
+        self._end_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def state(self) -> VmState:
+        return self.lifecycle.state
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return self._outcome
+
+    def start(self) -> None:
+        install_kick_handler()
+        self.lifecycle.apply("start")
+        for runner in self.runners:
+            runner.start()
+
+    def pause(self) -> None:
+        self.lifecycle.apply("pause")
+        self.control.pause(self._kick_all)
+
+    def resume(self) -> None:
+        self.lifecycle.apply("resume")
+        self.control.resume()
+
+    def stop(self, reason: Outcome) -> None:
+        """Stop the VM from the host side (signal, console, API)."""
+        self.end(reason)
+
+    def end(self, reason: Outcome) -> None:
+        """Record how the VM ended (the first report wins) and stop every vCPU."""
+        with self._end_lock:
+            if self._ended.is_set():
+                return
+            self._outcome = reason
+            self._ended.set()
+            if self.lifecycle.state != VmState.STOPPED:
+                self.lifecycle.apply("stop")
+        self.control.stop()
+        self._kick_all()
+
+    def wait(self, timeout: float | None = None) -> Outcome | None:
+        self._ended.wait(timeout)
+        return self._outcome
+
+    def _kick_all(self) -> None:
+        for runner in self.runners:
+            runner.kick()
+
+    def close(self) -> None:
+        """Join vCPU threads and release fds and memory. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._ended.is_set() and self.lifecycle.state != VmState.STOPPED:
+            self.lifecycle.apply("stop")
+        self.control.stop()
+        for runner in self.runners:
+            if runner.thread.is_alive():
+                for _ in range(50):
+                    runner.kick()
+                    runner.thread.join(0.1)
+                    if not runner.thread.is_alive():
+                        break
+        for runner in self.runners:
+            if not runner.thread.is_alive():
+                runner.vcpu.close()
+        self.vm_fd.close()
+        self.memory.close()
+        self.kvm.close()
+
+    def __enter__(self) -> "Machine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,201 @@
+"""One thread per vCPU: KVM_RUN, decode the exit, hand it to the buses, loop.
+
+The loop is flat: a table maps each exit type to a handler. Work done here is
+short; a handler that ends the VM reports an Outcome to the machine.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from vmkit.kvm import exits as x
+from vmkit.kvm.errors import KvmError
+from vmkit.kvm.vcpu import VcpuFd
+from vmkit.vmm import outcome
+from vmkit.vmm.host import INT3
+
+if TYPE_CHECKING:
+    from vmkit.devices.bus import Bus
+
+KICK_SIGNAL = signal.SIGUSR1
+BP_VECTOR = 3
+
+
+def install_kick_handler() -> None:
+    """A no-op handler, so the kick signal interrupts KVM_RUN instead of killing the process."""
+    if signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, None):
+        signal.signal(KICK_SIGNAL, lambda signum, frame: None)
+
+
+class VcpuRunner:
+    """Runs one vCPU on its own thread until the machine ends or stops it."""
+
+    def __init__(
+        self,
+        vcpu: VcpuFd,
+        pio: "Bus",
+        mmio: "Bus",
+        end_vm: Callable[[outcome.Outcome], None],
+        control: "RunControl",
+        emulate_int3: bool,
+    ) -> None:
+        self.vcpu = vcpu
+        self.pio = pio
+        self.mmio = mmio
+        self.end_vm = end_vm
+        self.control = control
+        self.emulate_int3 = emulate_int3
+        self.thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.index}", daemon=True)
+        self.exit_count = 0
+        self._handlers: dict[type, Callable[[x.VcpuExit], bool]] = {
+            x.IoOut: self._io_out,
+            x.IoIn: self._io_in,
+            x.MmioWrite: self._mmio_write,
+            x.MmioRead: self._mmio_read,
+            x.Interrupted: lambda e: True,
+            x.Shutdown: self._shutdown,
+            x.SystemEvent: self._system_event,
+            x.EmulationFailure: self._emulation_failure,
+            x.Hlt: self._halted,
+        }
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def kick(self) -> None:
+        """Make KVM_RUN return now (or at once when next entered)."""
+        self.vcpu.set_immediate_exit()
+        ident = self.thread.ident
+        if ident is not None and self.thread.is_alive():
+            try:
+                signal.pthread_kill(ident, KICK_SIGNAL)
+            except ProcessLookupError:
+                pass
+
+    # --- the loop ------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            while self.control.wait_runnable(self.vcpu.index):
+                exit_ = self.vcpu.run()
+                self.exit_count += 1
+                handler = self._handlers.get(type(exit_))
+                if handler is None:
+                    self.end_vm(outcome.error(f"vCPU {self.vcpu.index}: unhandled exit {exit_}"))
+                    return
+                if not handler(exit_):
+                    return
+        except KvmError as exc:
+            self.end_vm(outcome.error(str(exc)))
+        except Exception as exc:  # a VMM bug must end the VM, not hang it
+            self.end_vm(outcome.error(f"vCPU {self.vcpu.index}: internal error: {exc!r}"))
+        finally:
+            self.control.runner_exited(self.vcpu.index)
+
+    # --- handlers: return False to leave the loop ------------------------------
+    def _io_out(self, e: x.IoOut) -> bool:  # type: ignore[override]
+        data = self.vcpu.io_data(e.data_offset, e.size * e.count)
+        write = self.pio.write
+        for i in range(0, e.size * e.count, e.size):
+            write(e.port, bytes(data[i : i + e.size]))
+        return True
+
+    def _io_in(self, e: x.IoIn) -> bool:  # type: ignore[override]
+        data = self.vcpu.io_data(e.data_offset, e.size * e.count)
+        for i in range(0, e.size * e.count, e.size):
+            data[i : i + e.size] = self.pio.read(e.port, e.size)
+        return True
+
+    def _mmio_write(self, e: x.MmioWrite) -> bool:  # type: ignore[override]
+        self.mmio.write(e.address, e.data)
+        return True
+
+    def _mmio_read(self, e: x.MmioRead) -> bool:  # type: ignore[override]
+        value = self.mmio.read(e.address, e.length)
+        self.vcpu.run_page.exit.mmio.data[: e.length] = value
+        return True
+
+    def _shutdown(self, e: x.Shutdown) -> bool:  # type: ignore[override]
+        self.end_vm(outcome.triple_fault(self.vcpu.index, self.vcpu.get_regs().rip))
+        return False
+
+    def _system_event(self, e: x.SystemEvent) -> bool:  # type: ignore[override]
+        if e.kind == "reset":
+            self.end_vm(outcome.RESET)
+        elif e.kind == "shutdown":
+            self.end_vm(outcome.POWEROFF)
+        else:
+            self.end_vm(outcome.error(f"vCPU {self.vcpu.index}: guest {e.kind} (system event {e.type_code})"))
+        return False
+
+    def _halted(self, e: x.Hlt) -> bool:  # type: ignore[override]
+        self.end_vm(outcome.error(f"vCPU {self.vcpu.index} halted with no in-kernel irqchip to wake it"))
+        return False
+
+    def _emulation_failure(self, e: x.EmulationFailure) -> bool:  # type: ignore[override]
+        regs = self.vcpu.get_regs()
+        if self.emulate_int3 and e.instruction_bytes[:1] == INT3:
+            # The emulator cannot run int3: do what the CPU would, deliver #BP after it.
+            regs.rip += 1
+            self.vcpu.set_regs(regs)
+            events = self.vcpu.get_vcpu_events()
+            events.exception_injected = 1
+            events.exception_nr = BP_VECTOR
+            events.exception_has_error_code = 0
+            events.exception_pending = 0
+            self.vcpu.set_vcpu_events(events)
+            return True
+        shown = e.instruction_bytes.hex(" ") or "not reported"
+        self.end_vm(outcome.error(
+            f"vCPU {self.vcpu.index}: KVM could not emulate the instruction at RIP {regs.rip:#x} "
+            f"(bytes: {shown}); on a PVM host some instructions are unsupported in guest ring 0"
+        ))
+        return False
+
+
+class RunControl:
+    """Shared run/pause/stop flags for a machine's vCPU runners."""
+
+    def __init__(self, count: int) -> None:
+        self._cond = threading.Condition()
+        self._paused = False
+        self._stopping = False
+        self._parked: set[int] = set()
+        self._alive = count
+
+    def wait_runnable(self, index: int) -> bool:
+        """Block while paused; False when the runner should leave."""
+        with self._cond:
+            while self._paused and not self._stopping:
+                self._parked.add(index)
+                self._cond.notify_all()
+                self._cond.wait()
+            self._parked.discard(index)
+            return not self._stopping
+
+    def pause(self, kick_all: Callable[[], None], timeout: float = 5.0) -> None:
+        with self._cond:
+            self._paused = True
+        kick_all()
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._parked) >= self._alive or self._stopping, timeout)
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def runner_exited(self, index: int) -> None:
+        with self._cond:
+            self._alive -= 1
+            self._cond.notify_all()
+
+    @property
+    def parked(self) -> int:
+        return len(self._parked)
