@@ -2,7 +2,7 @@
 
 from vmkit.kvm.errors import KvmError, KvmUnavailable
 from vmkit.kvm.system import Kvm
-from vmkit.kvm.vm import VmFd
 from vmkit.kvm.vcpu import VcpuFd
+from vmkit.kvm.vm import VmFd
 
 __all__ = ["Kvm", "KvmError", "KvmUnavailable", "VcpuFd", "VmFd"]

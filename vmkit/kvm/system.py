@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 
 from vmkit.kvm import constants as c
 from vmkit.kvm.errors import KvmError, KvmUnavailable
 from vmkit.kvm.ioctl import raw_ioctl
 from vmkit.kvm.structs import Cpuid2, MsrList
+from vmkit.kvm.vm import VmFd
 
 DEFAULT_DEVICE = "/dev/kvm"
 
@@ -20,16 +22,7 @@ class Kvm:
         self.path = path
         self.fd = _open_device(path)
         try:
-            version = raw_ioctl(self.fd, c.KVM_GET_API_VERSION)
-            if version != c.API_VERSION:
-                raise KvmUnavailable(
-                    f"{path} speaks KVM API version {version}, vmkit needs {c.API_VERSION}"
-                )
-            missing = [name for cap, name in c.REQUIRED_CAPS.items() if not self.check_extension(cap)]
-            if missing:
-                raise KvmUnavailable(
-                    f"{path} lacks capabilities vmkit needs: {', '.join(missing)}"
-                )
+            verify_host(path, raw_ioctl(self.fd, c.KVM_GET_API_VERSION), self.check_extension)
         except BaseException:
             os.close(self.fd)
             raise
@@ -69,9 +62,7 @@ class Kvm:
             raise KvmError("KVM_GET_MSR_INDEX_LIST", -ret)
         return list(msrs.indices[: msrs.nmsrs])
 
-    def create_vm(self) -> "VmFd":
-        from vmkit.kvm.vm import VmFd
-
+    def create_vm(self) -> VmFd:
         fd = raw_ioctl(self.fd, c.KVM_CREATE_VM, 0)
         if fd < 0:
             raise KvmError("KVM_CREATE_VM", -fd)
@@ -82,11 +73,22 @@ class Kvm:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> "Kvm":
+    def __enter__(self) -> Kvm:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def verify_host(path: str, api_version: int, check_extension: Callable[[int], int]) -> None:
+    """Raise KvmUnavailable unless the API version is 12 and every required capability is there."""
+    if api_version != c.API_VERSION:
+        raise KvmUnavailable(
+            f"{path} speaks KVM API version {api_version}, vmkit needs {c.API_VERSION}"
+        )
+    missing = [name for cap, name in c.REQUIRED_CAPS.items() if not check_extension(cap)]
+    if missing:
+        raise KvmUnavailable(f"{path} lacks capabilities vmkit needs: {', '.join(missing)}")
 
 
 def _open_device(path: str) -> int:

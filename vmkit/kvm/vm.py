@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class VmFd:
     """Wraps the fd returned by KVM_CREATE_VM."""
 
-    def __init__(self, fd: int, kvm: "Kvm") -> None:
+    def __init__(self, fd: int, kvm: Kvm) -> None:
         self.fd = fd
         self.kvm = kvm
 
@@ -47,7 +47,7 @@ class VmFd:
         """Drive a GSI of the in-kernel PIC/IOAPIC high or low (safe from any thread)."""
         self._call("KVM_IRQ_LINE", c.KVM_IRQ_LINE, IrqLevel(irq, 1 if level else 0))
 
-    def create_vcpu(self, index: int) -> "VcpuFd":
+    def create_vcpu(self, index: int) -> VcpuFd:
         from vmkit.kvm.vcpu import VcpuFd
 
         fd = self._call(f"KVM_CREATE_VCPU {index}", c.KVM_CREATE_VCPU, index)

@@ -63,7 +63,7 @@ class GuestMemory:
         self._views = [memoryview(r.mapping) for r in self.regions]
 
     @classmethod
-    def create(cls, size: int, name: str = "vmkit-guest-ram") -> "GuestMemory":
+    def create(cls, size: int, name: str = "vmkit-guest-ram") -> GuestMemory:
         """Allocate `size` bytes of zeroed guest RAM in one memfd, mapped region by region."""
         layout = ram_layout(size)
         memfd = os.memfd_create(name, os.MFD_CLOEXEC)

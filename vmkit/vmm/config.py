@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 MAX_VCPUS = 254           # the MP table's limit (APIC IDs 0..253, the IOAPIC takes the next)
 MIN_MEMORY_MIB = 2

@@ -108,7 +108,7 @@ class Machine:
         self.memory.close()
         self.kvm.close()
 
-    def __enter__(self) -> "Machine":
+    def __enter__(self) -> Machine:
         return self
 
     def __exit__(self, *exc: object) -> None:

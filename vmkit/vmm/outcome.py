@@ -23,7 +23,7 @@ class Outcome:
     message: str
 
     @staticmethod
-    def debug_exit(status: int) -> "Outcome":
+    def debug_exit(status: int) -> Outcome:
         return Outcome("debug-exit", status & 0xFF, f"guest wrote {status >> 1:#x} to the debug-exit port")
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vmkit.kvm import exits as x
 from vmkit.kvm.errors import KvmError
@@ -35,10 +36,10 @@ class VcpuRunner:
     def __init__(
         self,
         vcpu: VcpuFd,
-        pio: "Bus",
-        mmio: "Bus",
+        pio: Bus,
+        mmio: Bus,
         end_vm: Callable[[outcome.Outcome], None],
-        control: "RunControl",
+        control: RunControl,
         emulate_int3: bool,
     ) -> None:
         self.vcpu = vcpu

@@ -17,7 +17,11 @@ from vmkit.arch.x86.bzimage import is_bzimage, load_bzimage
 from vmkit.arch.x86.e820 import E820Entry, memory_map
 from vmkit.arch.x86.elf import find_pvh_entry, is_elf, load_elf, program_headers
 from vmkit.arch.x86.errors import (
-    BootError, CommandLineTooLong, InitrdTooLarge, KernelFormatError, NotEnoughMemory,
+    BootError,
+    CommandLineTooLong,
+    InitrdTooLarge,
+    KernelFormatError,
+    NotEnoughMemory,
 )
 from vmkit.arch.x86.mptable import write_mptable
 from vmkit.memory import GuestMemory

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 DATA_PORT_OFFSET = 0     # 0x60
 COMMAND_PORT_OFFSET = 4  # 0x64

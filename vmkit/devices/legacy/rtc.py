@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 INDEX_OFFSET = 0
 DATA_OFFSET = 1

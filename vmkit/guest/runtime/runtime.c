@@ -299,7 +299,6 @@ void ap_main(u32 slot) {
 
 static void start_application_processors(void) {
     memcpy((void *)TRAMPOLINE_ADDR, trampoline_start, (size_t)(trampoline_end - trampoline_start));
-    mmio_write32(LAPIC_BASE + 0xF0, 0x1FF);                   /* software-enable, spurious 0xff */
     mmio_write32(LAPIC_BASE + 0x300, 0x000C4500);             /* INIT to all but self */
     mmio_write32(LAPIC_BASE + 0x300, 0x000C4600 | (TRAMPOLINE_ADDR >> 12)); /* SIPI */
     mmio_write32(LAPIC_BASE + 0x300, 0x000C4600 | (TRAMPOLINE_ADDR >> 12)); /* SIPI again */
@@ -318,6 +317,19 @@ static void wait_for_aps(void) {
     }
 }
 
+/*
+ * The 8259 PICs: KVM wires the BSP's LINT0 as ExtINT, so an unprogrammed PIC would
+ * deliver ISA IRQs on exception vectors. Move them to 0x20-0x2f and mask them all;
+ * interrupts come through the IOAPIC.
+ */
+static void mask_legacy_pic(void) {
+    raw_outb(0x20, 0x11); raw_outb(0xA0, 0x11);   /* ICW1: init, ICW4 follows */
+    raw_outb(0x21, 0x20); raw_outb(0xA1, 0x28);   /* ICW2: vector bases */
+    raw_outb(0x21, 0x04); raw_outb(0xA1, 0x02);   /* ICW3: cascade on IRQ 2 */
+    raw_outb(0x21, 0x01); raw_outb(0xA1, 0x01);   /* ICW4: 8086 mode */
+    raw_outb(0x21, 0xFF); raw_outb(0xA1, 0xFF);   /* mask everything */
+}
+
 /* ---------------------------------------------------------------- start */
 static void user_start(void) {
     if (machine.cpus_in_tables > 1) wait_for_aps();
@@ -327,6 +339,8 @@ static void user_start(void) {
 
 void runtime_start(void) {
     setup_tables();
+    mask_legacy_pic();
+    mmio_write32(LAPIC_BASE + 0xF0, 0x1FF);   /* local APIC software-enabled, spurious vector 0xff */
     parse_boot_info();
     machine.cpus_in_tables = count_mptable_cpus();
     machine.cpu_table = "mptable";

@@ -1,0 +1,103 @@
+"""Shared fixtures: running the vmkit command, and building machines that always get torn down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from vmkit.guest import build_guest
+from vmkit.vmm.builder import build_machine
+from vmkit.vmm.config import VmConfig
+from vmkit.vmm.host import host_kind
+
+ON_PVM = host_kind() == "pvm"
+
+
+@dataclass
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def results(self) -> dict[str, str]:
+        """The guest's RESULT key=value lines."""
+        pairs = {}
+        for line in self.stdout.splitlines():
+            if line.startswith("RESULT ") and "=" in line:
+                key, _, value = line[7:].partition("=")
+                pairs[key] = value
+        return pairs
+
+
+def vmkit_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vmkit", *args]
+
+
+def run_vmkit(*args: str, input: bytes | None = None, timeout: float = 120) -> Finished:
+    proc = subprocess.run(vmkit_command(*args), input=input, capture_output=True, timeout=timeout,
+                          stdin=None if input is not None else subprocess.DEVNULL)
+    return Finished(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+
+
+@pytest.fixture
+def vmkit():
+    return run_vmkit
+
+
+class ConsoleBuffer:
+    """Collects guest console output; wait_for() blocks until a marker shows up."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        self.data.extend(chunk)
+
+    @property
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+    def wait_for(self, marker: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while marker not in self.text:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{marker!r} not seen in guest output:\n{self.text}")
+            time.sleep(0.01)
+
+
+@pytest.fixture
+def machine_factory(request):
+    """make(guest_name, **config) -> (machine, console). Machines are closed after the test;
+    on failure, each machine's console output is printed."""
+    made = []
+
+    def make(guest: str = "hello", variant: str = "pvh", **overrides):
+        console = ConsoleBuffer()
+        config = VmConfig(kernel=build_guest(guest, variant).read_bytes(), kernel_name=guest,
+                          console_output=console.write, **overrides)
+        machine = build_machine(config)
+        made.append((machine, console))
+        return machine, console
+
+    yield make
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for machine, console in made:
+        machine.close()
+        if failed:
+            sys.stderr.write(f"--- guest console ({machine.boot.kind}) ---\n{console.text}\n")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def pytest_report_header(config):
+    return [f"KVM host: {host_kind()} (/dev/kvm {'present' if os.path.exists('/dev/kvm') else 'MISSING'})"]

@@ -1,0 +1,38 @@
+"""Pause, resume and stop a running VM in-process; illegal transitions name the state."""
+
+import pytest
+
+from vmkit.vmm.state import VmState, VmStateError
+
+
+def test_pause_resume_and_illegal_transitions(machine_factory):
+    machine, console = machine_factory("serial_echo", vcpus=2)
+    assert machine.state is VmState.CREATED
+    with pytest.raises(VmStateError, match="cannot pause a VM that is created"):
+        machine.pause()
+    machine.start()
+    console.wait_for("READY")
+    machine.pause()
+    assert machine.state is VmState.PAUSED and machine.control.parked == 2
+    with pytest.raises(VmStateError, match="cannot start a VM that is paused"):
+        machine.start()
+    serial = machine.devices["serial0"]
+    serial.receive(b"after pause\n")
+    assert "ECHO" not in console.text                  # no vCPU runs while paused
+    machine.resume()
+    result = machine.wait(60)
+    assert result is not None and result.kind == "debug-exit" and result.status == 1
+    assert "ECHO after pause" in console.text
+    assert machine.state is VmState.STOPPED
+    with pytest.raises(VmStateError, match="cannot resume a VM that is stopped"):
+        machine.resume()
+
+
+def test_many_vms_at_once(machine_factory):
+    machines = [machine_factory("hello", vcpus=2, memory_mib=32) for _ in range(8)]
+    for machine, _ in machines:
+        machine.start()
+    for machine, console in machines:
+        result = machine.wait(60)
+        assert result is not None and result.status == 1
+        assert "RESULT cpus_online=2" in console.text

@@ -1,0 +1,134 @@
+"""Boot protocols: format detection, loading, boot structures and each error."""
+
+import struct
+
+import pytest
+
+from vmkit.arch.x86 import layout
+from vmkit.arch.x86.boot import HVM_START_MAGIC, detect_kind, load_guest
+from vmkit.arch.x86.errors import (
+    BootError, CommandLineTooLong, InitrdTooLarge, KernelFormatError, NotEnoughMemory,
+)
+from vmkit.arch.x86.mptable import build_mptable
+from vmkit.guest import build_guest
+from vmkit.guest.images import make_bzimage
+from vmkit.memory import GuestMemory
+from vmkit.memory.guest_memory import MIB
+
+
+@pytest.fixture
+def memory():
+    mem = GuestMemory.create(16 * MIB)
+    yield mem
+    mem.close()
+
+
+@pytest.fixture(scope="module")
+def pvh_image():
+    return build_guest("hello").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def vmlinux_image():
+    return build_guest("hello", "vmlinux").read_bytes()
+
+
+def test_detects_each_kind(pvh_image, vmlinux_image):
+    assert detect_kind(pvh_image) == "pvh-elf"
+    assert detect_kind(vmlinux_image) == "vmlinux"
+    assert detect_kind(make_bzimage(vmlinux_image)) == "bzimage"
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"", "the file is empty"),
+    (b"#!/bin/sh\necho hi\n", "not a bzImage, an ELF vmlinux or a PVH ELF"),
+    (b"\x7fELF\x02\x01\x01" + bytes(57), "ELF machine 0 is not x86-64"),
+    (b"\x7fELF\x02\x01\x01" + bytes(11) + b"\x3e\x00" + bytes(44), "program headers are missing"),
+])
+def test_rejects_what_is_not_a_kernel(memory, data, message):
+    with pytest.raises(KernelFormatError, match=message):
+        load_guest(memory, data)
+
+
+def test_pvh_start_info_carries_cmdline_memmap_and_initrd(memory, pvh_image):
+    plan = load_guest(memory, pvh_image, cmdline="console=ttyS0", initrd=b"I" * 5000, num_cpus=2)
+    assert plan.protocol == "pvh" and plan.boot_info == layout.PVH_START_INFO_ADDR
+    magic, version, _, nr_modules, modlist, cmdline, _, memmap, entries = struct.unpack_from(
+        "<IIIIQQQQI", memory.read(plan.boot_info, 56))
+    assert (magic, version, nr_modules) == (HVM_START_MAGIC, 1, 1)
+    assert memory.read(cmdline, 14) == b"console=ttyS0\0"
+    paddr, size = struct.unpack_from("<QQ", memory.read(modlist, 16))
+    assert memory.read(paddr, size) == b"I" * 5000 and paddr % 4096 == 0
+    ram = [struct.unpack_from("<QQI", memory.read(memmap + 24 * i, 20)) for i in range(entries)]
+    assert (0x100000, 15 * MIB, 1) in ram
+
+
+def test_vmlinux_gets_boot_params_with_e820_and_an_rng_seed(memory, vmlinux_image):
+    plan = load_guest(memory, vmlinux_image, cmdline="quiet")
+    assert plan.protocol == "linux64" and plan.kind == "vmlinux"
+    params = memory.read(layout.ZERO_PAGE_ADDR, 4096)
+    assert params[0x202:0x206] == b"HdrS" and params[0x210] == 0xFF
+    assert struct.unpack_from("<I", params, 0x228)[0] == layout.CMDLINE_ADDR
+    assert params[0x1E8] == 3
+    setup_data = struct.unpack_from("<Q", params, 0x250)[0]
+    next_, type_, length = struct.unpack_from("<QII", memory.read(setup_data, 16))
+    assert (next_, type_, length) == (0, 9, 32)
+    assert memory.read(setup_data + 16, 32) != bytes(32)
+
+
+def test_bzimage_header_is_copied_and_entry_is_64_bit(memory, vmlinux_image):
+    image = make_bzimage(vmlinux_image)
+    plan = load_guest(memory, image, initrd=b"R" * 100)
+    assert plan.kind == "bzimage" and plan.entry == 0x100200
+    params = memory.read(layout.ZERO_PAGE_ADDR, 4096)
+    assert struct.unpack_from("<H", params, 0x206)[0] == struct.unpack_from("<H", image, 0x206)[0]
+    ramdisk, size = struct.unpack_from("<II", params, 0x218)
+    assert size == 100 and memory.read(ramdisk, 100) == b"R" * 100
+
+
+def test_old_or_32_bit_bzimages_are_refused(memory, vmlinux_image):
+    image = bytearray(make_bzimage(vmlinux_image))
+    struct.pack_into("<H", image, 0x236, 0)
+    with pytest.raises(KernelFormatError, match="not a 64-bit kernel"):
+        load_guest(memory, bytes(image))
+    struct.pack_into("<H", image, 0x206, 0x0204)
+    with pytest.raises(KernelFormatError, match="2.04 is too old"):
+        load_guest(memory, bytes(image))
+
+
+def test_initrd_that_does_not_fit_is_refused(memory, pvh_image):
+    with pytest.raises(InitrdTooLarge, match=r"initrd is 16.0 MiB but only .* MiB"):
+        load_guest(memory, pvh_image, initrd=bytes(16 * MIB))
+
+
+def test_too_little_memory_for_the_kernel_is_refused(vmlinux_image):
+    tiny = GuestMemory.create(1 * MIB + 512 * 1024)
+    try:
+        with pytest.raises(NotEnoughMemory):
+            load_guest(tiny, vmlinux_image)
+    finally:
+        tiny.close()
+
+
+def test_command_line_limits(memory, vmlinux_image):
+    with pytest.raises(CommandLineTooLong, match="accepts 2048"):
+        load_guest(memory, make_bzimage(vmlinux_image), cmdline="x" * 3000)
+    with pytest.raises(CommandLineTooLong):
+        load_guest(memory, vmlinux_image, cmdline="x" * 70000)
+
+
+def test_pvh_cannot_be_forced_on_an_elf_without_the_note(memory, vmlinux_image):
+    with pytest.raises(BootError, match="no PVH entry note"):
+        load_guest(memory, vmlinux_image, protocol="pvh")
+
+
+def test_mptable_checksums_and_cpu_entries():
+    table = build_mptable(4)
+    assert table[:4] == b"_MP_" and sum(table[:16]) % 256 == 0
+    config = table[16:]
+    length = struct.unpack_from("<H", config, 4)[0]
+    assert config[:4] == b"PCMP" and sum(config[:length]) % 256 == 0
+    cpus = [config[44 + 20 * i + 1] for i in range(4) if config[44 + 20 * i] == 0]
+    assert cpus == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        build_mptable(0)

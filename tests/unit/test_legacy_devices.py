@@ -1,0 +1,130 @@
+"""16550A UART, i8042, CMOS RTC and the debug ports, driven through their registers."""
+
+import calendar
+
+import pytest
+
+from vmkit.devices.legacy import serial as uart
+from vmkit.devices.legacy.debug_exit import DebugConsole, DebugExit
+from vmkit.devices.legacy.i8042 import I8042
+from vmkit.devices.legacy.rtc import CmosRtc
+
+
+class Wire:
+    def __init__(self):
+        self.levels = []
+
+    def __call__(self, level):
+        self.levels.append(level)
+
+
+@pytest.fixture
+def com():
+    out, irq = bytearray(), Wire()
+    dev = uart.Serial16550(out.extend, irq)
+    return dev, out, irq
+
+
+def reg(dev, offset):
+    return dev.read(offset, 1)[0]
+
+
+def test_transmit_goes_to_the_sink(com):
+    dev, out, _ = com
+    for ch in b"ok\n":
+        dev.write(uart.RBR_THR_DLL, bytes([ch]))
+    assert out == b"ok\n"
+    assert reg(dev, uart.LSR) & (uart.LSR_THRE | uart.LSR_TEMT) == 0x60
+
+
+def test_receive_sets_data_ready_and_raises_the_irq_when_enabled(com):
+    dev, _, irq = com
+    dev.receive(b"hi")
+    assert irq.levels == []                       # IER is 0: no interrupt
+    assert reg(dev, uart.LSR) & uart.LSR_DR
+    dev.write(uart.IER_DLM, bytes([uart.IER_RDA]))
+    assert irq.levels == [True]
+    assert reg(dev, uart.IIR_FCR) & 0x0F == uart.IIR_RDA
+    assert reg(dev, uart.RBR_THR_DLL) == ord("h")
+    assert reg(dev, uart.RBR_THR_DLL) == ord("i")
+    assert irq.levels == [True, False]
+    assert not reg(dev, uart.LSR) & uart.LSR_DR
+
+
+def test_thre_interrupt_fires_on_enable_and_clears_on_iir_read(com):
+    dev, _, irq = com
+    dev.write(uart.IER_DLM, bytes([uart.IER_THRE]))
+    assert irq.levels == [True]
+    assert reg(dev, uart.IIR_FCR) & 0x0F == uart.IIR_THRE
+    assert irq.levels == [True, False]
+    assert reg(dev, uart.IIR_FCR) & 0x0F == uart.IIR_NONE
+    dev.write(uart.RBR_THR_DLL, b"x")             # transmitting empties THR again
+    assert irq.levels == [True, False, True]
+
+
+def test_divisor_latch_and_scratch(com):
+    dev, out, _ = com
+    dev.write(uart.LCR, bytes([uart.LCR_DLAB | 3]))
+    dev.write(uart.RBR_THR_DLL, b"\x01")
+    dev.write(uart.IER_DLM, b"\x00")
+    assert reg(dev, uart.RBR_THR_DLL) == 1 and out == b""
+    dev.write(uart.LCR, b"\x03")
+    dev.write(uart.SCR, b"\x5a")
+    assert reg(dev, uart.SCR) == 0x5A
+
+
+def test_loopback_echoes_and_mirrors_modem_lines(com):
+    dev, out, _ = com
+    dev.write(uart.MCR, bytes([uart.MCR_LOOP | 0x0A]))   # loop, RTS, OUT2
+    assert reg(dev, uart.MSR) & 0xF0 == 0x90              # CTS and DCD, as Linux probes
+    dev.write(uart.RBR_THR_DLL, b"Z")
+    assert out == b"" and reg(dev, uart.RBR_THR_DLL) == ord("Z")
+
+
+def test_receive_fifo_is_bounded(com):
+    dev, _, _ = com
+    assert dev.receive(b"x" * (uart.RX_FIFO_LIMIT + 10)) == uart.RX_FIFO_LIMIT
+    assert dev.receive(b"y") == 0
+
+
+def test_i8042_answers_probes_and_resets_on_0xfe():
+    resets = []
+    kbd = I8042(lambda: resets.append(1))
+    kbd.write(4, b"\xaa")
+    assert kbd.read(4, 1)[0] & 1 and kbd.read(0, 1) == b"\x55"
+    kbd.write(4, b"\x60")
+    kbd.write(0, b"\x47")
+    kbd.write(4, b"\x20")
+    assert kbd.read(0, 1) == b"\x47"
+    assert resets == []
+    kbd.write(4, b"\xfe")
+    assert resets == [1]
+
+
+def test_rtc_reads_the_host_clock_in_bcd_and_binary():
+    when = calendar.timegm((2026, 11, 24, 13, 45, 59, 0, 0, 0))
+    rtc = CmosRtc(clock=lambda: when)
+
+    def cmos(index):
+        rtc.write(0, bytes([index]))
+        return rtc.read(1, 1)[0]
+
+    assert [cmos(i) for i in (0, 2, 4, 7, 8, 9, 0x32)] == [0x59, 0x45, 0x13, 0x24, 0x11, 0x26, 0x20]
+    assert cmos(0x0A) & 0x80 == 0 and cmos(0x0D) == 0x80
+    rtc.write(0, b"\x0b")
+    rtc.write(1, b"\x06")                         # binary mode, 24 h
+    assert cmos(0) == 59 and cmos(9) == 26
+
+
+def test_debug_exit_status_is_qemu_compatible():
+    statuses = []
+    DebugExit(statuses.append).write(0, b"\x10")
+    DebugExit(statuses.append).write(0, b"\x00")
+    assert statuses == [0x21, 0x01]
+
+
+def test_debug_console_passes_bytes_and_identifies_itself():
+    out = bytearray()
+    con = DebugConsole(out.extend)
+    con.write(0, b"A")
+    assert out == b"A" and con.read(0, 1) == b"\xe9"

@@ -1,0 +1,168 @@
+"""The `vmkit` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+EXIT_VMM_ERROR = 125  # vmkit could not start the VM (bad option, missing file, no KVM)
+
+DESCRIPTION = "vmkit: a virtual machine monitor on Linux KVM."
+EPILOG = """\
+exit status of `vmkit run`:
+  (v << 1) | 1  the guest wrote v to the debug-exit port 0xf4 (QEMU isa-debug-exit)
+  0             the guest powered off, or Ctrl-A x was pressed on the console
+  2             the guest reset (reboot)
+  4             a vCPU triple-faulted
+  6             the VM failed (e.g. an instruction KVM cannot emulate)
+  125           vmkit could not start the VM
+  130 / 143     stopped by SIGINT / SIGTERM
+"""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmkit", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="boot a VM and attach its serial console",
+                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--kernel", "-k", metavar="PATH",
+                        help="guest kernel: bzImage, ELF vmlinux or PVH ELF")
+    source.add_argument("--guest", "-g", metavar="NAME",
+                        help="a built-in guest program (default: hello); see `vmkit guests`")
+    run.add_argument("--initrd", "-i", metavar="PATH", help="initial ramdisk")
+    run.add_argument("--cmdline", "-c", default="", metavar="ARGS", help="kernel command line")
+    run.add_argument("--cpus", "-n", type=_positive, default=1, metavar="N", help="vCPUs (default 1)")
+    run.add_argument("--memory", "-m", type=_positive, default=64, metavar="MIB",
+                     help="guest RAM in MiB (default 64)")
+    run.add_argument("--console", default="stdio", metavar="TARGET",
+                     help="where guest serial output goes: stdio (default), none or a file path")
+    run.add_argument("--boot-protocol", choices=("pvh", "linux64"),
+                     help="force a boot protocol (default: PVH when the ELF has the note, else linux64)")
+    run.add_argument("--no-pvm-workarounds", action="store_true",
+                     help="on PVM hosts, do not add the Linux command-line switches vmkit adds")
+    run.add_argument("--quiet", "-q", action="store_true", help="print nothing but the guest's output")
+
+    commands.add_parser("guests", help="list the built-in guest programs")
+    build = commands.add_parser("build-guest", help="build a built-in guest and print its image path")
+    build.add_argument("name")
+    build.add_argument("--variant", choices=("pvh", "vmlinux"), default="pvh")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "guests":
+            from vmkit.guest import program_names
+            print("\n".join(program_names()))
+            return 0
+        if args.command == "build-guest":
+            from vmkit.guest import build_guest
+            print(build_guest(args.name, args.variant))
+            return 0
+        return run_vm(args)
+    except VmkitStartError as exc:
+        print(f"vmkit: error: {exc}", file=sys.stderr)
+        return EXIT_VMM_ERROR
+
+
+class VmkitStartError(Exception):
+    """Anything that keeps the VM from starting, with a message for the user."""
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise VmkitStartError(f"{what} {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise VmkitStartError(f"{what} {path!r} is a directory, not a file") from None
+    except PermissionError:
+        raise VmkitStartError(f"{what} {path!r} is not readable (permission denied)") from None
+
+
+def run_vm(args: argparse.Namespace) -> int:
+    from vmkit.arch.x86.errors import BootError
+    from vmkit.guest import GuestBuildError, build_guest
+    from vmkit.kvm.errors import KvmError
+    from vmkit.vmm import host, outcome
+    from vmkit.vmm.builder import build_machine
+    from vmkit.vmm.config import ConfigError, VmConfig
+    from vmkit.vmm.console import ConsoleInput, ConsoleOutput
+
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    try:
+        if args.kernel:
+            kernel, kernel_name = _read_file(args.kernel, "kernel"), args.kernel
+        else:
+            name = args.guest or "hello"
+            kernel, kernel_name = build_guest(name).read_bytes(), f"built-in guest {name}"
+        initrd = _read_file(args.initrd, "initrd") if args.initrd else None
+        try:
+            output = ConsoleOutput.for_target(args.console)
+        except OSError as exc:
+            raise VmkitStartError(f"--console: cannot open {args.console!r}: {exc.strerror}") from None
+        if host.host_kind() == "pvm":
+            say(host.PVM_NOTICE)
+        config = VmConfig(kernel=kernel, kernel_name=kernel_name, cmdline=args.cmdline, initrd=initrd,
+                          vcpus=args.cpus, memory_mib=args.memory, protocol=args.boot_protocol,
+                          pvm_workarounds=not args.no_pvm_workarounds, console_output=output.write)
+        machine = build_machine(config)
+    except (KvmError, BootError, ConfigError, GuestBuildError) as exc:
+        raise VmkitStartError(f"{kernel_name if 'kernel_name' in locals() else 'VM'}: {exc}"
+                              if isinstance(exc, BootError) else str(exc)) from None
+
+    console_input = ConsoleInput(machine.devices["serial0"].receive,  # type: ignore[attr-defined]
+                                 lambda: machine.stop(outcome.QUIT))
+    stop_signals = {signal.SIGINT: ("SIGINT", outcome.STATUS_SIGINT),
+                    signal.SIGTERM: ("SIGTERM", outcome.STATUS_SIGTERM)}
+    previous = {}
+    for signum, (name, status) in stop_signals.items():
+        previous[signum] = signal.signal(
+            signum, lambda s, f, n=name, st=status: machine.stop(outcome.signalled(n, st)))
+    try:
+        machine.start()
+        if _stdin_usable():
+            console_input.start()
+        result = None
+        while result is None:
+            result = machine.wait(0.5)
+    finally:
+        if console_input._thread.is_alive() or console_input._saved_tty is not None:
+            console_input.stop()
+        machine.close()
+        output.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    say(f"vmkit: {result.message} (exit status {result.status})")
+    return result.status
+
+
+def _stdin_usable() -> bool:
+    try:
+        fd = sys.stdin.fileno()
+        os.fstat(fd)
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The host side of the guest's serial console: output to a terminal or file, input from stdin.
+
+On a terminal, stdin is put in raw mode so keys (Ctrl-C included) go to the guest;
+Ctrl-A x quits, Ctrl-A Ctrl-A sends a literal Ctrl-A (as in QEMU).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import termios
+import threading
+import tty
+from collections.abc import Callable
+from typing import BinaryIO
+
+ESCAPE = 0x01  # Ctrl-A
+
+
+class ConsoleOutput:
+    """A sink for guest console bytes: a file descriptor written unbuffered."""
+
+    def __init__(self, fd: int | None, owned: BinaryIO | None = None) -> None:
+        self._fd = fd
+        self._owned = owned
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_target(cls, target: str) -> ConsoleOutput:
+        """'stdio', 'none' or a file path."""
+        if target == "stdio":
+            return cls(sys.stdout.fileno())
+        if target == "none":
+            return cls(None)
+        handle = open(target, "wb", buffering=0)
+        return cls(handle.fileno(), handle)
+
+    def write(self, data: bytes) -> None:
+        if self._fd is None:
+            return
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(self._fd, view):]
+                except BlockingIOError:
+                    select.select([], [self._fd], [])
+                except BrokenPipeError:
+                    self._fd = None
+                    return
+
+    def close(self) -> None:
+        if self._owned:
+            self._owned.close()
+
+
+class ConsoleInput:
+    """Reads stdin on a thread and feeds the guest; handles the escape sequence on terminals."""
+
+    def __init__(self, deliver: Callable[[bytes], int], on_quit: Callable[[], None],
+                 fd: int | None = None) -> None:
+        self._deliver = deliver
+        self._on_quit = on_quit
+        self._fd = sys.stdin.fileno() if fd is None else fd
+        self._wake_r, self._wake_w = os.pipe()
+        self._saved_tty: list | None = None
+        self._escape_pending = False
+        self._thread = threading.Thread(target=self._loop, name="console-input", daemon=True)
+
+    @property
+    def is_terminal(self) -> bool:
+        return os.isatty(self._fd)
+
+    def start(self) -> None:
+        if self.is_terminal:
+            self._saved_tty = termios.tcgetattr(self._fd)
+            tty.setraw(self._fd)
+        self._thread.start()
+
+    def stop(self) -> None:
+        os.write(self._wake_w, b"x")
+        self._thread.join(1.0)
+        if self._saved_tty is not None:
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved_tty)
+            self._saved_tty = None
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                ready, _, _ = select.select([self._fd, self._wake_r], [], [])
+            except (OSError, ValueError):
+                return
+            if self._wake_r in ready:
+                return
+            try:
+                data = os.read(self._fd, 4096)
+            except OSError:
+                return
+            if not data:
+                return  # EOF: the guest simply gets no more input
+            if self.is_terminal:
+                data = self._filter_escape(data)
+                if data is None:
+                    self._on_quit()
+                    return
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        while data:
+            taken = self._deliver(data)
+            data = data[taken:]
+            if data:
+                select.select([self._wake_r], [], [], 0.01)
+
+    def _filter_escape(self, data: bytes) -> bytes | None:
+        """Strip Ctrl-A sequences; None means the user asked to quit."""
+        out = bytearray()
+        for byte in data:
+            if self._escape_pending:
+                self._escape_pending = False
+                if byte in (ord("x"), ord("X")):
+                    return None
+                if byte == ESCAPE:
+                    out.append(ESCAPE)
+                continue
+            if byte == ESCAPE:
+                self._escape_pending = True
+            else:
+                out.append(byte)
+        return bytes(out)
