@@ -7,7 +7,11 @@ import pytest
 from vmkit.arch.x86 import layout
 from vmkit.arch.x86.boot import HVM_START_MAGIC, detect_kind, load_guest
 from vmkit.arch.x86.errors import (
-    BootError, CommandLineTooLong, InitrdTooLarge, KernelFormatError, NotEnoughMemory,
+    BootError,
+    CommandLineTooLong,
+    InitrdTooLarge,
+    KernelFormatError,
+    NotEnoughMemory,
 )
 from vmkit.arch.x86.mptable import build_mptable
 from vmkit.guest import build_guest

@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from vmkit.kvm import Kvm, KvmUnavailable, constants as c, structs as s
+from vmkit.kvm import Kvm, KvmUnavailable
+from vmkit.kvm import constants as c
+from vmkit.kvm import structs as s
 from vmkit.kvm.exits import EmulationFailure, IoOut, MmioWrite, SystemEvent, decode_exit
 from vmkit.kvm.system import _open_device, verify_host
 
