@@ -98,9 +98,18 @@ def _read_file(path: str, what: str) -> bytes:
         raise VmkitStartError(f"{what} {path!r} is not readable (permission denied)") from None
 
 
+def _built_in_guest(name: str) -> tuple[bytes, str]:
+    """The image of a built-in guest program (imported late: the builder is not needed for --kernel)."""
+    from vmkit.guest import GuestBuildError, build_guest
+
+    try:
+        return build_guest(name).read_bytes(), f"built-in guest {name}"
+    except GuestBuildError as exc:
+        raise VmkitStartError(str(exc)) from None
+
+
 def run_vm(args: argparse.Namespace) -> int:
     from vmkit.arch.x86.errors import BootError
-    from vmkit.guest import GuestBuildError, build_guest
     from vmkit.kvm.errors import KvmError
     from vmkit.vmm import host, outcome
     from vmkit.vmm.builder import build_machine
@@ -112,8 +121,7 @@ def run_vm(args: argparse.Namespace) -> int:
         if args.kernel:
             kernel, kernel_name = _read_file(args.kernel, "kernel"), args.kernel
         else:
-            name = args.guest or "hello"
-            kernel, kernel_name = build_guest(name).read_bytes(), f"built-in guest {name}"
+            kernel, kernel_name = _built_in_guest(args.guest or "hello")
         initrd = _read_file(args.initrd, "initrd") if args.initrd else None
         try:
             output = ConsoleOutput.for_target(args.console)
@@ -125,7 +133,7 @@ def run_vm(args: argparse.Namespace) -> int:
                           vcpus=args.cpus, memory_mib=args.memory, protocol=args.boot_protocol,
                           pvm_workarounds=not args.no_pvm_workarounds, console_output=output.write)
         machine = build_machine(config)
-    except (KvmError, BootError, ConfigError, GuestBuildError) as exc:
+    except (KvmError, BootError, ConfigError) as exc:
         raise VmkitStartError(f"{kernel_name if 'kernel_name' in locals() else 'VM'}: {exc}"
                               if isinstance(exc, BootError) else str(exc)) from None
 

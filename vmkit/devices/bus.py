@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class BusDevice(Protocol):
@@ -27,8 +26,7 @@ class BusError(ValueError):
     """A range could not be added to a bus."""
 
 
-@dataclass(frozen=True)
-class BusRange:
+class BusRange(NamedTuple):
     base: int
     length: int
     device: BusDevice

@@ -1,100 +1,130 @@
 """kvm_run decoded into typed exit objects.
 
-`decode_exit` turns the shared kvm_run page into one of the dataclasses below,
+`decode_exit` turns the shared kvm_run page into one of the records below,
 so the run loop dispatches on types instead of on raw numbers.
 """
 
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 
 from vmkit.kvm import constants as c
 from vmkit.kvm.structs import KvmRun
 
 
-@dataclass(frozen=True, slots=True)
-class IoIn:
+class ExitRecord:
+    """A small immutable record: fields from __slots__, equal when type and fields match."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, *values: object) -> None:
+        if len(values) != len(self.__slots__):
+            raise TypeError(f"{type(self).__name__} takes {len(self.__slots__)} values, got {len(values)}")
+        for name, value in zip(self.__slots__, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._values() == self._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._values()))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class IoIn(ExitRecord):
     """The guest read `size` bytes from `port`, `count` times (string I/O)."""
 
+    __slots__ = ('port', 'size', 'count', 'data_offset')
     port: int
     size: int
     count: int
     data_offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class IoOut:
+class IoOut(ExitRecord):
     """The guest wrote `count` items of `size` bytes to `port`."""
 
+    __slots__ = ('port', 'size', 'count', 'data_offset')
     port: int
     size: int
     count: int
     data_offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class MmioRead:
+class MmioRead(ExitRecord):
+    __slots__ = ('address', 'length')
     address: int
     length: int
 
 
-@dataclass(frozen=True, slots=True)
-class MmioWrite:
+class MmioWrite(ExitRecord):
+    __slots__ = ('address', 'data')
     address: int
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Hlt:
+class Hlt(ExitRecord):
     """The guest halted (only seen without an in-kernel LAPIC)."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class Shutdown:
+
+class Shutdown(ExitRecord):
     """The guest triple-faulted (or otherwise shut the vCPU down)."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class SystemEvent:
+
+class SystemEvent(ExitRecord):
     """KVM_EXIT_SYSTEM_EVENT: kind is 'shutdown', 'reset', 'crash' or 'unknown'."""
 
+    __slots__ = ('kind', 'type_code')
     kind: str
     type_code: int
 
 
-@dataclass(frozen=True, slots=True)
-class Interrupted:
+class Interrupted(ExitRecord):
     """KVM_RUN returned because a signal or immediate_exit asked it to."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class EmulationFailure:
+
+class EmulationFailure(ExitRecord):
     """KVM could not emulate an instruction (common on PVM hosts)."""
 
+    __slots__ = ('instruction_bytes',)
     instruction_bytes: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class InternalError:
+class InternalError(ExitRecord):
+    __slots__ = ('suberror', 'data')
     suberror: int
     data: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class FailEntry:
+class FailEntry(ExitRecord):
+    __slots__ = ('reason', 'cpu')
     reason: int
     cpu: int
 
 
-@dataclass(frozen=True, slots=True)
-class GuestException:
+class GuestException(ExitRecord):
+    __slots__ = ('vector', 'error_code')
     vector: int
     error_code: int
 
 
-@dataclass(frozen=True, slots=True)
-class UnhandledExit:
+class UnhandledExit(ExitRecord):
+    __slots__ = ('reason',)
     reason: int
 
 

@@ -7,12 +7,11 @@ for the requests in include/uapi/linux/kvm.h.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
 KVMIO = 0xAE
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 _libc.ioctl.restype = ctypes.c_int
 

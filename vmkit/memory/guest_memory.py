@@ -10,7 +10,7 @@ import ctypes
 import mmap
 import os
 import struct
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from vmkit.memory.address import GuestAddress
 
@@ -29,14 +29,13 @@ class GuestMemoryError(Exception):
         super().__init__(f"guest access [{address:#x}, +{length:#x}) is {reason}")
 
 
-@dataclass
-class MemoryRegion:
+class MemoryRegion(NamedTuple):
     """One contiguous guest-physical range backed by a shared mmap."""
 
     start: GuestAddress
     size: int
-    mapping: mmap.mmap = field(repr=False)
-    host_address: int = field(repr=False)
+    mapping: mmap.mmap
+    host_address: int
 
     @property
     def end(self) -> int:

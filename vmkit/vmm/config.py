@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 MAX_VCPUS = 254           # the MP table's limit (APIC IDs 0..253, the IOAPIC takes the next)
 MIN_MEMORY_MIB = 2
+
+
+def _discard(data: bytes) -> None:
+    """The default console sink: guest output goes nowhere."""
 
 
 class ConfigError(ValueError):
     """A VM setting is out of range or inconsistent; the message names the setting."""
 
 
-@dataclass
-class VmConfig:
+class VmConfig(NamedTuple):
     kernel: bytes
     kernel_name: str = "kernel"
     cmdline: str = ""
@@ -24,7 +26,7 @@ class VmConfig:
     memory_mib: int = 64
     protocol: Literal["pvh", "linux64"] | None = None
     pvm_workarounds: bool = True
-    console_output: Callable[[bytes], None] = field(default=lambda data: None, repr=False)
+    console_output: Callable[[bytes], None] = _discard
 
     def validate(self, host_max_vcpus: int) -> None:
         limit = min(MAX_VCPUS, host_max_vcpus)

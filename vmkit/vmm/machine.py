@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vmkit.arch.x86.boot import BootPlan
 from vmkit.devices.bus import Bus
@@ -14,8 +14,7 @@ from vmkit.vmm.state import Lifecycle, VmState
 from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner, install_kick_handler
 
 
-@dataclass
-class Buses:
+class Buses(NamedTuple):
     pio: Bus
     mmio: Bus
 

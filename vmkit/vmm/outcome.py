@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Exit statuses for endings other than the debug-exit port, whose statuses are
 # always odd ((v << 1) | 1). Signals follow the shell's 128 + signal number.
@@ -14,8 +14,7 @@ STATUS_SIGINT = 130
 STATUS_SIGTERM = 143
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """kind: debug-exit | poweroff | reset | triple-fault | crash | error | signal | quit."""
 
     kind: str

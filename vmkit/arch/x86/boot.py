@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from vmkit.arch.x86 import layout
 from vmkit.arch.x86.bzimage import is_bzimage, load_bzimage
@@ -36,8 +35,7 @@ E820_MAX = 128
 MIN_MEMORY = 2 << 20
 
 
-@dataclass(frozen=True)
-class BootPlan:
+class BootPlan(NamedTuple):
     """Where the boot vCPU starts and how."""
 
     protocol: Protocol

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vmkit.arch.x86.errors import KernelFormatError, NotEnoughMemory
 from vmkit.arch.x86.layout import KERNEL_LOAD_ADDR
@@ -18,8 +18,7 @@ LOADED_HIGH = 1 << 0
 ENTRY_64_OFFSET = 0x200
 
 
-@dataclass(frozen=True)
-class BzImage:
+class BzImage(NamedTuple):
     setup_header: bytes    # bytes 0x1f1 .. end of header, to copy into boot_params
     version: int
     entry: int             # 64-bit entry point (load address + 0x200)

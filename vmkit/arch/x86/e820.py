@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vmkit.arch.x86.layout import E820_RAM, E820_RESERVED, EBDA_START, HIGH_MEMORY_START
 from vmkit.memory import GuestMemory
 
 
-@dataclass(frozen=True)
-class E820Entry:
+class E820Entry(NamedTuple):
     address: int
     size: int
     type: int

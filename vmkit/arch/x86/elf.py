@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vmkit.arch.x86.errors import KernelFormatError, NotEnoughMemory
 from vmkit.memory import GuestMemory
@@ -14,8 +14,7 @@ XEN_ELFNOTE_PHYS32_ENTRY = 18
 EM_386, EM_X86_64 = 3, 62
 
 
-@dataclass(frozen=True)
-class ElfKernel:
+class ElfKernel(NamedTuple):
     entry: int             # e_entry (the 64-bit entry for a vmlinux)
     pvh_entry: int | None  # 32-bit PVH entry from the Xen note, if any
     end: int               # first byte above the loaded image
@@ -42,8 +41,7 @@ def _parse_notes(data: bytes, offset: int, size: int, little: str) -> int | None
     return None
 
 
-@dataclass(frozen=True)
-class ProgramHeader:
+class ProgramHeader(NamedTuple):
     type: int
     offset: int
     paddr: int
