@@ -25,6 +25,13 @@ def test_every_vcpu_comes_up(vmkit, cpus):
     assert results["cpus_online"] == str(cpus), done.stdout
 
 
+@pytest.mark.parametrize("protocol", ["pvh", "linux64"])
+def test_cpus_are_also_described_by_the_acpi_madt(vmkit, protocol):
+    done = vmkit("run", "--cpus", "3", "--boot-protocol", protocol)
+    assert done.results()["cpus_in_madt"] == "3"
+    assert "memory: [e0000, 100000) type 2" in done.stdout   # the ACPI area is reserved
+
+
 def test_memory_size_reaches_the_guest(vmkit):
     results = vmkit("run", "--memory", "256").results()
     assert results["ram_mib"] == "255"               # 256 MiB less the 384 KiB below 1 MiB

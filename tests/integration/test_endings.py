@@ -9,6 +9,13 @@ import time
 from tests.conftest import ON_PVM, vmkit_command
 
 
+def test_acpi_power_off(vmkit):
+    done = vmkit("run", "--guest", "poweroff")
+    assert done.returncode == 0, done.stdout
+    assert "guest powered off (exit status 0)" in done.stderr
+    assert "still running" not in done.stdout
+
+
 def test_reset_through_the_i8042(vmkit):
     done = vmkit("run", "--guest", "reset")
     assert done.returncode == 2

@@ -73,7 +73,9 @@ def test_vmlinux_gets_boot_params_with_e820_and_an_rng_seed(memory, vmlinux_imag
     params = memory.read(layout.ZERO_PAGE_ADDR, 4096)
     assert params[0x202:0x206] == b"HdrS" and params[0x210] == 0xFF
     assert struct.unpack_from("<I", params, 0x228)[0] == layout.CMDLINE_ADDR
-    assert params[0x1E8] == 3
+    assert params[0x1E8] == 4
+    rsdp = struct.unpack_from("<Q", params, 0x070)[0]
+    assert memory.read(rsdp, 8) == b"RSD PTR "
     setup_data = struct.unpack_from("<Q", params, 0x250)[0]
     next_, type_, length = struct.unpack_from("<QII", memory.read(setup_data, 16))
     assert (next_, type_, length) == (0, 9, 32)

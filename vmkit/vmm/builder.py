@@ -4,18 +4,19 @@ Order matters and is fixed, so device addresses are stable:
   1. open /dev/kvm, create the VM, in-kernel irqchip and PIT
   2. guest memory, registered with KVM
   3. load the kernel and write the boot structures
-  4. devices on the PIO bus
+  4. devices on the PIO bus (ACPI tables name the power registers)
   5. vCPUs: CPUID, MSRs, and the boot vCPU's entry registers
 The machine comes back in the CREATED state; Machine.start runs it.
 """
 
 from __future__ import annotations
 
-from vmkit.arch.x86 import cpu_state, layout
+from vmkit.arch.x86 import acpi, cpu_state, layout
 from vmkit.arch.x86.boot import BootPlan, detect_kind, load_guest
 from vmkit.arch.x86.cpuid import vcpu_cpuid
 from vmkit.arch.x86.msrs import boot_msrs
 from vmkit.devices.bus import Bus
+from vmkit.devices.legacy.acpi_power import AcpiPower
 from vmkit.devices.legacy.debug_exit import DebugConsole, DebugExit
 from vmkit.devices.legacy.i8042 import I8042
 from vmkit.devices.legacy.rtc import CmosRtc
@@ -81,12 +82,15 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
             "rtc": CmosRtc(),
             "debug-exit": DebugExit(lambda status: end_vm(outcome.Outcome.debug_exit(status))),
             "debugcon": DebugConsole(config.console_output),
+            "acpi-power": AcpiPower(lambda: end_vm(outcome.POWEROFF), lambda: end_vm(outcome.RESET),
+                                    acpi.RESET_VALUE),
         }
         pio.insert(serial, COM1_PORT, 8)
         pio.insert(devices["i8042"], I8042_PORT, 5)  # type: ignore[arg-type]
         pio.insert(devices["rtc"], RTC_PORT, 2)  # type: ignore[arg-type]
         pio.insert(devices["debug-exit"], DEBUG_EXIT_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["debugcon"], DEBUGCON_PORT, 1)  # type: ignore[arg-type]
+        pio.insert(devices["acpi-power"], acpi.SLEEP_CONTROL_PORT, 3)  # type: ignore[arg-type]
 
         # 5. vCPUs
         supported_cpuid = kvm.supported_cpuid()

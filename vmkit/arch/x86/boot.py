@@ -12,6 +12,7 @@ import struct
 from typing import Literal, NamedTuple
 
 from vmkit.arch.x86 import layout
+from vmkit.arch.x86.acpi import write_acpi_tables
 from vmkit.arch.x86.bzimage import is_bzimage, load_bzimage
 from vmkit.arch.x86.e820 import E820Entry, memory_map
 from vmkit.arch.x86.elf import find_pvh_entry, is_elf, load_elf, program_headers
@@ -80,6 +81,7 @@ def load_guest(
     if len(cmdline_bytes) > layout.CMDLINE_MAX:
         raise CommandLineTooLong(f"kernel command line is {len(cmdline_bytes) - 1} bytes; the limit is {layout.CMDLINE_MAX - 1}")
     write_mptable(memory, num_cpus)
+    rsdp = write_acpi_tables(memory, num_cpus)
     e820 = memory_map(memory)
 
     if kind == "bzimage":
@@ -91,7 +93,7 @@ def load_guest(
         memory.write(layout.CMDLINE_ADDR, cmdline_bytes)
         initrd_at = _place_initrd(memory, initrd, image.end, image.initrd_addr_max)
         _write_boot_params(memory, image.setup_header, e820, len(cmdline_bytes) - 1, initrd_at,
-                           rng_seed=image.version >= 0x0209)
+                           rng_seed=image.version >= 0x0209, rsdp=rsdp if image.version >= 0x020E else 0)
         chosen: Protocol = protocol or "linux64"
         if chosen != "linux64":
             raise BootError("a bzImage boots only through the 64-bit Linux protocol, not pvh")
@@ -104,10 +106,10 @@ def load_guest(
     if chosen == "pvh":
         if elf.pvh_entry is None:
             raise BootError("this ELF has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); boot it as linux64")
-        _write_start_info(memory, e820, initrd_at)
+        _write_start_info(memory, e820, initrd_at, rsdp)
         return BootPlan("pvh", kind, elf.pvh_entry, layout.PVH_START_INFO_ADDR, elf.end, initrd_at)
     _write_boot_params(memory, _vmlinux_setup_header(), e820, len(cmdline_bytes) - 1, initrd_at,
-                       rng_seed=True)
+                       rng_seed=True, rsdp=rsdp)
     return BootPlan("linux64", kind, elf.entry, layout.ZERO_PAGE_ADDR, elf.end, initrd_at)
 
 
@@ -134,14 +136,16 @@ def _vmlinux_setup_header() -> bytes:
     hdr = bytearray(0x268 - 0x1F1)
     struct.pack_into("<H", hdr, 0x1FE - 0x1F1, 0xAA55)
     hdr[0x202 - 0x1F1 : 0x206 - 0x1F1] = b"HdrS"
-    struct.pack_into("<H", hdr, 0x206 - 0x1F1, 0x020C)
+    struct.pack_into("<H", hdr, 0x206 - 0x1F1, 0x020F)
     struct.pack_into("<I", hdr, 0x230 - 0x1F1, 0x01000000)   # kernel_alignment
     return bytes(hdr)
 
 
 def _write_boot_params(memory: GuestMemory, setup_header: bytes, e820: list[E820Entry],
-                       cmdline_len: int, initrd: tuple[int, int] | None, rng_seed: bool) -> None:
+                       cmdline_len: int, initrd: tuple[int, int] | None, rng_seed: bool,
+                       rsdp: int) -> None:
     params = bytearray(4096)
+    struct.pack_into("<Q", params, 0x070, rsdp)         # acpi_rsdp_addr (protocol 2.14+)
     params[0x1F1 : 0x1F1 + len(setup_header)] = setup_header
     params[0x210] = 0xFF                                # type_of_loader: undefined
     params[0x211] |= 0x80                               # loadflags: CAN_USE_HEAP
@@ -165,7 +169,7 @@ def _write_boot_params(memory: GuestMemory, setup_header: bytes, e820: list[E820
 
 
 def _write_start_info(memory: GuestMemory, e820: list[E820Entry],
-                      initrd: tuple[int, int] | None) -> None:
+                      initrd: tuple[int, int] | None, rsdp: int) -> None:
     memmap = b"".join(struct.pack("<QQII", e.address, e.size, e.type, 0) for e in e820)
     memory.write(layout.PVH_MEMMAP_ADDR, memmap)
     nr_modules = 0
@@ -174,7 +178,7 @@ def _write_start_info(memory: GuestMemory, e820: list[E820Entry],
         nr_modules = 1
     info = struct.pack(
         "<IIIIQQQQII", HVM_START_MAGIC, 1, 0, nr_modules,
-        layout.PVH_MODLIST_ADDR if nr_modules else 0, layout.CMDLINE_ADDR, 0,
+        layout.PVH_MODLIST_ADDR if nr_modules else 0, layout.CMDLINE_ADDR, rsdp,
         layout.PVH_MEMMAP_ADDR, len(e820), 0,
     )
     memory.write(layout.PVH_START_INFO_ADDR, info)

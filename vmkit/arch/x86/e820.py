@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from vmkit.arch.x86.layout import E820_RAM, E820_RESERVED, EBDA_START, HIGH_MEMORY_START
+from vmkit.arch.x86.layout import ACPI_ADDR, E820_RAM, E820_RESERVED, EBDA_START, HIGH_MEMORY_START
 from vmkit.memory import GuestMemory
 
 
@@ -15,13 +15,14 @@ class E820Entry(NamedTuple):
 
 
 def memory_map(memory: GuestMemory) -> list[E820Entry]:
-    """RAM below the EBDA, the EBDA/BIOS area reserved, then RAM from 1 MiB and above 4 GiB."""
+    """RAM below the EBDA; the EBDA and the ACPI area reserved; RAM from 1 MiB and above 4 GiB."""
     entries: list[E820Entry] = []
     for region in memory.regions:
         start, end = int(region.start), region.end
         if start == 0:
             entries.append(E820Entry(0, EBDA_START, E820_RAM))
             entries.append(E820Entry(EBDA_START, 0xA0000 - EBDA_START, E820_RESERVED))
+            entries.append(E820Entry(ACPI_ADDR, HIGH_MEMORY_START - ACPI_ADDR, E820_RESERVED))
             if end > HIGH_MEMORY_START:
                 entries.append(E820Entry(HIGH_MEMORY_START, end - HIGH_MEMORY_START, E820_RAM))
         else:

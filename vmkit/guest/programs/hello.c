@@ -6,6 +6,7 @@ void main(void) {
     RESULT("protocol", "%s", machine.boot_protocol == 1 ? "pvh" : "linux64");
     RESULT("cpus_in_tables", "%d", machine.cpus_in_tables);
     RESULT("cpu_table", "%s", machine.cpu_table);
+    RESULT("cpus_in_madt", "%d", machine.cpus_in_madt);
     RESULT("cpus_online", "%u", cpus_online);
     RESULT("ram_mib", "%lu", machine.ram_bytes >> 20);
     for (int i = 0; i < machine.nr_ranges; i++)

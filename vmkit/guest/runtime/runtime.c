@@ -238,6 +238,7 @@ static void parse_boot_info(void) {
         }
     } else {
         const u8 *bp = (const u8 *)boot_info_ptr;
+        rsdp_hint = *(const u64 *)(bp + 0x070);
         copy_cmdline((const char *)(u64)*(const u32 *)(bp + 0x228));
         u8 entries = bp[0x1E8];
         for (u32 i = 0; i < entries; i++) {
@@ -269,25 +270,45 @@ static int count_mptable_cpus(void) {
     return 0;
 }
 
-static int count_madt_cpus(void) {
+/* An ACPI table by signature, through the RSDP (given by the loader, or found by scanning). */
+const u8 *acpi_find_table(const char *signature) {
     const u8 *rsdp = (const u8 *)rsdp_hint;
     for (u64 p = 0xE0000; !rsdp && p < 0x100000; p += 16)
-        if (!memcmp((const u8 *)p, "RSD PTR ", 8)) rsdp = (const u8 *)p;
+        if (!memcmp((const u8 *)p, "RSD PTR ", 8) && checksum_ok((const u8 *)p, 20)) rsdp = (const u8 *)p;
     if (!rsdp) return 0;
     int xsdt = rsdp[15] >= 2 && *(const u64 *)(rsdp + 24);
     const u8 *root = xsdt ? (const u8 *)*(const u64 *)(rsdp + 24) : (const u8 *)(u64)*(const u32 *)(rsdp + 16);
     u32 len = *(const u32 *)(root + 4), width = xsdt ? 8 : 4;
     for (u32 off = 36; off + width <= len; off += width) {
         const u8 *t = xsdt ? (const u8 *)*(const u64 *)(root + off) : (const u8 *)(u64)*(const u32 *)(root + off);
-        if (memcmp(t, "APIC", 4)) continue;
-        u32 tlen = *(const u32 *)(t + 4);
-        int cpus = 0;
-        for (const u8 *e = t + 44; e < t + tlen && e[1]; e += e[1]) {
-            if (e[0] == 0 && (*(const u32 *)(e + 4) & 1)) cpus++;
-            if (e[0] == 9 && (*(const u32 *)(e + 8) & 1)) cpus++;
-        }
-        return cpus;
+        if (!memcmp(t, signature, 4)) return t;
     }
+    return 0;
+}
+
+static int count_madt_cpus(void) {
+    const u8 *t = acpi_find_table("APIC");
+    if (!t) return 0;
+    u32 tlen = *(const u32 *)(t + 4);
+    int cpus = 0;
+    for (const u8 *e = t + 44; e < t + tlen && e[1]; e += e[1]) {
+        if (e[0] == 0 && (*(const u32 *)(e + 4) & 1)) cpus++;
+        if (e[0] == 9 && (*(const u32 *)(e + 8) & 1)) cpus++;
+    }
+    return cpus;
+}
+
+/* Power off through the FADT's sleep control register (hardware-reduced ACPI), sleep type 5. */
+int acpi_poweroff(void) {
+    const u8 *fadt = acpi_find_table("FACP");
+    if (!fadt || *(const u32 *)(fadt + 4) < 0x100) return -1;
+    const u8 *gas = fadt + 0xF4;                       /* Generic Address Structure */
+    u64 address = *(const u64 *)(gas + 4);
+    u8 value = (5 << 2) | 0x20;                         /* SLP_TYP = 5, SLP_EN */
+    if (!address) return -1;
+    if (gas[0] == 1) raw_outb((u16)address, value);     /* system I/O space */
+    else if (gas[0] == 0 && address < (4UL << 30)) *(volatile u8 *)address = value;  /* memory */
+    else return -1;
     return 0;
 }
 
@@ -342,9 +363,10 @@ void runtime_start(void) {
     mask_legacy_pic();
     mmio_write32(LAPIC_BASE + 0xF0, 0x1FF);   /* local APIC software-enabled, spurious vector 0xff */
     parse_boot_info();
+    machine.cpus_in_madt = count_madt_cpus();
     machine.cpus_in_tables = count_mptable_cpus();
     machine.cpu_table = "mptable";
-    if (!machine.cpus_in_tables) { machine.cpus_in_tables = count_madt_cpus(); machine.cpu_table = "madt"; }
+    if (!machine.cpus_in_tables) { machine.cpus_in_tables = machine.cpus_in_madt; machine.cpu_table = "madt"; }
     if (!machine.cpus_in_tables) machine.cpu_table = "none";
     if (machine.cpus_in_tables > 1) start_application_processors();
     enter_user(user_start, (u64)(user_stack + sizeof(user_stack)));

@@ -22,6 +22,7 @@ struct machine_info {
     struct mem_range ranges[MAX_MEM_RANGES];
     int cpus_in_tables;             /* from the MP table or the ACPI MADT; 0 if neither */
     const char *cpu_table;          /* "mptable", "madt" or "none" */
+    int cpus_in_madt;               /* enabled CPUs in the ACPI MADT; 0 without ACPI */
     char cmdline[512];
 };
 
@@ -62,6 +63,10 @@ static inline void mmio_write32(u64 addr, u32 v) { *(volatile u32 *)addr = v; }
 /* Ring-0 services, reached with a `ud2` gate (see runtime.c). */
 enum gate_op { GATE_WAIT_IRQ = 1, GATE_TRIPLE_FAULT, GATE_RING0_INT3, GATE_RING0_POPCNT };
 u64 gate(u64 op, u64 a, u64 b);
+
+/* ACPI: find a table by signature; power off through the FADT (returns only on failure). */
+const u8 *acpi_find_table(const char *signature);
+int acpi_poweroff(void);
 
 /* Interrupts: route an IOAPIC pin to a vector on CPU 0, then wait for it to arrive. */
 void ioapic_route(int pin, int vector);

@@ -1,0 +1,76 @@
+"""ACPI tables (checksums, FADT registers, _S5_, MADT) and the power register device."""
+
+import struct
+
+import pytest
+
+from vmkit.arch.x86 import acpi
+from vmkit.devices.legacy.acpi_power import AcpiPower
+from vmkit.memory import GuestMemory
+
+
+@pytest.fixture
+def tables():
+    memory = GuestMemory.create(4 << 20)
+    rsdp = acpi.write_acpi_tables(memory, num_cpus=3)
+    yield memory, rsdp
+    memory.close()
+
+
+def _sum_ok(data: bytes) -> bool:
+    return sum(data) % 256 == 0
+
+
+def _find(memory, rsdp, signature):
+    xsdt = struct.unpack_from("<Q", memory.read(rsdp + 24, 8))[0]
+    length = memory.read_u32(xsdt + 4)
+    for off in range(36, length, 8):
+        addr = struct.unpack_from("<Q", memory.read(xsdt + off, 8))[0]
+        if memory.read(addr, 4) == signature:
+            return memory.read(addr, memory.read_u32(addr + 4))
+    raise AssertionError(f"{signature!r} not in the XSDT")
+
+
+def test_rsdp_and_every_table_checksum(tables):
+    memory, rsdp = tables
+    header = memory.read(rsdp, 36)
+    assert header[:8] == b"RSD PTR " and header[15] == 2
+    assert _sum_ok(header[:20]) and _sum_ok(header)
+    for signature in (b"FACP", b"APIC"):
+        assert _sum_ok(_find(memory, rsdp, signature))
+
+
+def test_fadt_is_hardware_reduced_with_sleep_and_reset_registers(tables):
+    memory, rsdp = tables
+    fadt = _find(memory, rsdp, b"FACP")
+    assert len(fadt) == 0x114 and fadt[8] == 6
+    flags = struct.unpack_from("<I", fadt, 0x70)[0]
+    assert flags & acpi.FADT_HW_REDUCED_ACPI and flags & acpi.FADT_RESET_REG_SUP
+    assert struct.unpack_from("<BBBBQ", fadt, 0xF4) == (1, 8, 0, 1, acpi.SLEEP_CONTROL_PORT)
+    assert struct.unpack_from("<BBBBQ", fadt, 0x74) == (1, 8, 0, 1, acpi.RESET_PORT)
+    dsdt_addr = struct.unpack_from("<Q", fadt, 0x8C)[0]
+    dsdt = memory.read(dsdt_addr, memory.read_u32(dsdt_addr + 4))
+    assert _sum_ok(dsdt) and b"_S5_\x12\x07\x04\x0a\x05" in dsdt
+
+
+def test_madt_lists_each_cpu_and_the_ioapic(tables):
+    memory, rsdp = tables
+    madt = _find(memory, rsdp, b"APIC")
+    entries, pos = [], 44
+    while pos < len(madt):
+        entries.append((madt[pos], madt[pos + 2 : pos + madt[pos + 1]]))
+        pos += madt[pos + 1]
+    cpus = [body[1] for kind, body in entries if kind == 0]
+    assert cpus == [0, 1, 2]
+    assert [kind for kind, _ in entries].count(1) == 1
+
+
+def test_power_register_device():
+    events = []
+    dev = AcpiPower(lambda: events.append("off"), lambda: events.append("reset"), acpi.RESET_VALUE)
+    dev.write(0, bytes([(3 << 2) | 0x20]))      # S3 sleep: not supported, ignored
+    dev.write(0, bytes([5 << 2]))               # S5 without SLP_EN: nothing yet
+    assert events == []
+    dev.write(0, bytes([(5 << 2) | 0x20]))
+    dev.write(2, bytes([acpi.RESET_VALUE]))
+    assert events == ["off", "reset"]

@@ -1,0 +1,106 @@
+"""ACPI tables for a hardware-reduced platform: RSDP, XSDT, FADT, DSDT (with _S5_) and MADT.
+
+Power-off and reset go through two I/O-port registers named in the FADT
+(the ACPI 5+ sleep control register and the reset register), served by
+devices/legacy/acpi_power.py. The tables live in [0xE0000, 0x100000), where
+a guest that is given no RSDP address also finds them by scanning.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from vmkit.arch.x86.layout import ACPI_ADDR, IOAPIC_ADDR, LAPIC_ADDR
+from vmkit.memory import GuestMemory
+
+OEM_ID = b"VMKIT "
+OEM_TABLE_ID = b"MICROVM "
+CREATOR_ID = b"VMKT"
+
+SLEEP_CONTROL_PORT = 0x600
+SLEEP_STATUS_PORT = 0x601
+RESET_PORT = 0x602
+RESET_VALUE = 0x06
+S5_SLEEP_TYPE = 5
+
+FADT_HW_REDUCED_ACPI = 1 << 20
+FADT_RESET_REG_SUP = 1 << 10
+IAPC_BOOT_ARCH_8042 = 1 << 1
+IAPC_BOOT_ARCH_NO_VGA = 1 << 2
+SPACE_SYSTEM_IO = 1
+
+
+def _checksum(data: bytes) -> int:
+    return (-sum(data)) & 0xFF
+
+
+def _table(signature: bytes, revision: int, body: bytes) -> bytes:
+    """A System Description Table: 36-byte header with its checksum, then `body`."""
+    header = struct.pack("<4sIBB6s8sI4sI", signature, 36 + len(body), revision, 0, OEM_ID,
+                         OEM_TABLE_ID, 1, CREATOR_ID, 1)
+    table = bytearray(header + body)
+    table[9] = _checksum(bytes(table))
+    return bytes(table)
+
+
+def _gas_io(port: int) -> bytes:
+    """A Generic Address Structure for a byte-wide I/O port."""
+    return struct.pack("<BBBBQ", SPACE_SYSTEM_IO, 8, 0, 1, port)
+
+
+def dsdt() -> bytes:
+    # Name (_S5_, Package (4) { 5, 0, 0, 0 }): the sleep type a guest writes to power off.
+    s5 = b"\x08_S5_\x12\x07\x04\x0a" + bytes([S5_SLEEP_TYPE]) + b"\x00\x00\x00"
+    return _table(b"DSDT", 2, s5)
+
+
+def fadt(dsdt_addr: int) -> bytes:
+    body = bytearray(0x114 - 36)
+
+    def put(offset: int, fmt: str, *values: object) -> None:
+        struct.pack_into(fmt, body, offset - 36, *values)
+
+    put(0x28, "<I", dsdt_addr)
+    put(0x6D, "<H", IAPC_BOOT_ARCH_8042 | IAPC_BOOT_ARCH_NO_VGA)
+    put(0x70, "<I", FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP)
+    body[0x74 - 36 : 0x80 - 36] = _gas_io(RESET_PORT)
+    put(0x80, "<B", RESET_VALUE)
+    put(0x83, "<B", 0)                     # FADT minor version
+    put(0x8C, "<Q", dsdt_addr)             # X_DSDT
+    body[0xF4 - 36 : 0x100 - 36] = _gas_io(SLEEP_CONTROL_PORT)
+    body[0x100 - 36 : 0x10C - 36] = _gas_io(SLEEP_STATUS_PORT)
+    put(0x10C, "<8s", b"VMKIT\0\0\0")      # hypervisor vendor identity
+    return _table(b"FACP", 6, bytes(body))
+
+
+def madt(num_cpus: int) -> bytes:
+    entries = [struct.pack("<BBBBI", 0, 8, cpu, cpu, 1) for cpu in range(num_cpus)]
+    entries.append(struct.pack("<BBBBII", 1, 12, num_cpus, 0, IOAPIC_ADDR, 0))
+    entries.append(struct.pack("<BBBBIH", 2, 10, 0, 0, 2, 0))  # ISA IRQ 0 -> GSI 2
+    return _table(b"APIC", 5, struct.pack("<II", LAPIC_ADDR, 1) + b"".join(entries))
+
+
+def write_acpi_tables(memory: GuestMemory, num_cpus: int, base: int = ACPI_ADDR) -> int:
+    """Write the tables at `base`; return the RSDP's address (it is at `base`)."""
+    tables: list[tuple[str, bytes]] = []
+    cursor = base + 64                      # RSDP first, 36 bytes, padded
+
+    def place(name: str, data: bytes) -> int:
+        nonlocal cursor
+        addr = cursor
+        tables.append((name, data))
+        memory.write(addr, data)
+        cursor = (cursor + len(data) + 15) & ~15
+        return addr
+
+    dsdt_addr = place("DSDT", dsdt())
+    fadt_addr = place("FACP", fadt(dsdt_addr))
+    madt_addr = place("APIC", madt(num_cpus))
+    xsdt_addr = place("XSDT", _table(b"XSDT", 1, struct.pack("<QQ", fadt_addr, madt_addr)))
+    if cursor > 0x100000:
+        raise ValueError(f"ACPI tables for {num_cpus} CPUs do not fit below 1 MiB")
+    rsdp = bytearray(struct.pack("<8sB6sBIIQB3s", b"RSD PTR ", 0, OEM_ID, 2, 0, 36, xsdt_addr, 0, bytes(3)))
+    rsdp[8] = _checksum(bytes(rsdp[:20]))
+    rsdp[32] = _checksum(bytes(rsdp))
+    memory.write(base, rsdp)
+    return base
