@@ -1,5 +1,7 @@
 """Boot the guest test kit on the real /dev/kvm through each protocol, with 1..N vCPUs."""
 
+import time
+
 import pytest
 
 from tests.conftest import ON_PVM
@@ -30,6 +32,12 @@ def test_cpus_are_also_described_by_the_acpi_madt(vmkit, protocol):
     done = vmkit("run", "--cpus", "3", "--boot-protocol", protocol)
     assert done.results()["cpus_in_madt"] == "3"
     assert "memory: [e0000, 100000) type 2" in done.stdout   # the ACPI area is reserved
+
+
+def test_guest_reads_the_host_date_from_the_rtc(vmkit):
+    before = time.strftime("%Y-%m-%d", time.gmtime())
+    date = vmkit("run").results()["rtc_date"]
+    assert date in (before, time.strftime("%Y-%m-%d", time.gmtime()))
 
 
 def test_memory_size_reaches_the_guest(vmkit):
