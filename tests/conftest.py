@@ -49,6 +49,36 @@ def vmkit():
     return run_vmkit
 
 
+def pytest_addoption(parser):
+    parser.addoption("--vmm", choices=("vmkit", "qemu"), default="vmkit",
+                     help="VMM the guest-kit tests boot their images with (default vmkit)")
+
+
+QEMU_MICROVM = ["qemu-system-x86_64", "-enable-kvm", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off",
+                "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
+                "-device", "isa-debug-exit,iobase=0xf4,iosize=1"]
+
+
+@pytest.fixture
+def boot(request):
+    """boot(guest, cpus=1, memory_mib=64, cmdline="") -> Finished, under the VMM chosen by --vmm."""
+    vmm = request.config.getoption("--vmm")
+
+    def run(guest: str, cpus: int = 1, memory_mib: int = 64, cmdline: str = "") -> Finished:
+        image = str(build_guest(guest))
+        if vmm == "vmkit":
+            return run_vmkit("run", "--kernel", image, "--cpus", str(cpus), "--memory", str(memory_mib),
+                             "--cmdline", cmdline)
+        command = [*QEMU_MICROVM, "-smp", str(cpus), "-m", str(memory_mib), "-kernel", image]
+        if cmdline:
+            command += ["-append", cmdline]
+        proc = subprocess.run(command, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        return Finished(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+
+    run.vmm = vmm
+    return run
+
+
 class ConsoleBuffer:
     """Collects guest console output; wait_for() blocks until a marker shows up."""
 

@@ -167,6 +167,8 @@ class RunControl:
 
     def wait_runnable(self, index: int) -> bool:
         """Block while paused; False when the runner should leave."""
+        if not self._paused and not self._stopping:
+            return True  # the common case, once per exit: no lock (flags change before a kick)
         with self._cond:
             while self._paused and not self._stopping:
                 self._parked.add(index)

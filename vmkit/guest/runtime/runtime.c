@@ -24,6 +24,7 @@ extern void load_task_register(void);
 
 struct machine_info machine;
 volatile u32 cpus_online = 1;
+volatile u32 apic_ids[MAX_CPUS];
 volatile u64 irq_count[256];
 volatile u32 breakpoints;
 
@@ -313,9 +314,16 @@ int acpi_poweroff(void) {
 }
 
 /* ---------------------------------------------------------------- SMP */
+u32 this_apic_id(void) {
+    u32 a, b, c, d;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+    return b >> 24;
+}
+
 void ap_main(u32 slot) {
+    u32 index = __atomic_fetch_add(&cpus_online, 1, __ATOMIC_SEQ_CST);
+    if (index < MAX_CPUS) apic_ids[index] = this_apic_id();
     (void)slot;
-    __atomic_fetch_add(&cpus_online, 1, __ATOMIC_SEQ_CST);
 }
 
 static void start_application_processors(void) {
@@ -351,6 +359,25 @@ static void mask_legacy_pic(void) {
     raw_outb(0x21, 0xFF); raw_outb(0xA1, 0xFF);   /* mask everything */
 }
 
+u64 cmdline_u64(const char *key, u64 fallback) {
+    size_t klen = strlen(key);
+    for (const char *p = machine.cmdline; *p; p++) {
+        if ((p != machine.cmdline && p[-1] != ' ') || memcmp(p, key, klen) || p[klen] != '=') continue;
+        const char *v = p + klen + 1;
+        u64 value = 0, base = 10;
+        if (v[0] == '0' && v[1] == 'x') { base = 16; v += 2; }
+        for (;; v++) {
+            u64 digit;
+            if (*v >= '0' && *v <= '9') digit = (u64)(*v - '0');
+            else if (base == 16 && *v >= 'a' && *v <= 'f') digit = (u64)(*v - 'a' + 10);
+            else break;
+            value = value * base + digit;
+        }
+        return value;
+    }
+    return fallback;
+}
+
 /* ---------------------------------------------------------------- start */
 static void user_start(void) {
     if (machine.cpus_in_tables > 1) wait_for_aps();
@@ -359,6 +386,7 @@ static void user_start(void) {
 }
 
 void runtime_start(void) {
+    apic_ids[0] = this_apic_id();
     setup_tables();
     mask_legacy_pic();
     mmio_write32(LAPIC_BASE + 0xF0, 0x1FF);   /* local APIC software-enabled, spurious vector 0xff */

@@ -28,6 +28,8 @@ struct machine_info {
 
 extern struct machine_info machine;
 extern volatile u32 cpus_online;    /* the BSP plus every AP that checked in */
+extern volatile u32 apic_ids[MAX_CPUS]; /* APIC ID of each CPU in check-in order (BSP first) */
+extern u8 _end[];                   /* first byte after the image (bss included) */
 extern volatile u64 irq_count[256];
 extern volatile u32 breakpoints;  /* #BP exceptions taken (and resumed from) */
 
@@ -71,6 +73,12 @@ int acpi_poweroff(void);
 /* Interrupts: route an IOAPIC pin to a vector on CPU 0, then wait for it to arrive. */
 void ioapic_route(int pin, int vector);
 int wait_irq(int vector, u64 timeout_cycles);
+
+/* The command line: the value of "key=number" (decimal or 0x hex), or `fallback`. */
+u64 cmdline_u64(const char *key, u64 fallback);
+
+/* The APIC ID of the CPU running this (CPUID leaf 1). */
+u32 this_apic_id(void);
 
 /* Helpers. */
 void *memset(void *d, int c, size_t n);

@@ -1,0 +1,51 @@
+"""The guest test kit's programs, booted on /dev/kvm.
+
+These tests check the guests as much as the VMM: `python3 -m pytest tests/integration/test_guest_kit.py
+--vmm qemu` runs the same images under QEMU microvm.
+"""
+
+import pytest
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 4])
+def test_smp_every_vcpu_checks_in(boot, cpus):
+    done = boot("smp", cpus=cpus)
+    assert done.returncode == 1, done.stdout            # debug-exit 0: all expected CPUs came
+    results = done.results()
+    assert results["cpus_expected"] == results["cpus_online"] == str(cpus)
+    assert sorted(int(x) for x in results["apic_ids"].split(",")) == list(range(cpus))
+
+
+def test_pio_loop(boot):
+    done = boot("pio_loop", cmdline="iterations=2000")
+    assert done.returncode == 1 and done.results()["iterations"] == "2000"
+    assert int(done.results()["tsc_cycles_per_iteration"]) > 0
+
+
+def test_mmio_loop(boot):
+    done = boot("mmio_loop", cmdline="iterations=2000")
+    assert done.returncode == 1 and done.results()["iterations"] == "2000"
+    if boot.vmm == "vmkit":
+        assert done.results()["read_value"] == "ffffffff"   # nothing claims it: reads as all ones
+
+
+@pytest.mark.parametrize("memory_mib", [32, 300])
+def test_memtouch_writes_and_reads_back_all_ram(boot, memory_mib):
+    done = boot("memtouch", memory_mib=memory_mib)
+    assert done.returncode == 1, done.stdout
+    results = done.results()
+    assert results["mismatches"] == "0"
+    image_and_low_memory_mib = 2
+    assert int(results["mib"]) >= memory_mib - image_and_low_memory_mib
+
+
+def test_power_off(boot):
+    assert boot("poweroff").returncode == 0
+
+
+def test_hello_reports_its_machine(boot):
+    done = boot("hello", cpus=2, memory_mib=128, cmdline="kit=1")
+    results = done.results()
+    assert done.returncode == 1
+    assert results["cpus_online"] == "2" and results["cmdline"] == "kit=1"
+    assert int(results["ram_mib"]) in (126, 127)
