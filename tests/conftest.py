@@ -59,17 +59,28 @@ QEMU_MICROVM = ["qemu-system-x86_64", "-enable-kvm", "-M", "microvm,x-option-rom
                 "-device", "isa-debug-exit,iobase=0xf4,iosize=1"]
 
 
+QEMU_DEVICES = {"virtio-rng": "virtio-rng-pci,disable-legacy=on"}
+
+
 @pytest.fixture
 def boot(request):
     """boot(guest, cpus=1, memory_mib=64, cmdline="") -> Finished, under the VMM chosen by --vmm."""
     vmm = request.config.getoption("--vmm")
 
-    def run(guest: str, cpus: int = 1, memory_mib: int = 64, cmdline: str = "") -> Finished:
+    def run(guest: str, cpus: int = 1, memory_mib: int = 64, cmdline: str = "",
+            devices: tuple[str, ...] = ()) -> Finished:
         image = str(build_guest(guest))
         if vmm == "vmkit":
+            extra = [arg for name in devices for arg in ("--device", name)]
             return run_vmkit("run", "--kernel", image, "--cpus", str(cpus), "--memory", str(memory_mib),
-                             "--cmdline", cmdline)
-        command = [*QEMU_MICROVM, "-smp", str(cpus), "-m", str(memory_mib), "-kernel", image]
+                             "--cmdline", cmdline, *extra)
+        machine = QEMU_MICROVM[3] + (",pcie=on" if devices else "")
+        command = [*QEMU_MICROVM[:3], machine, *QEMU_MICROVM[4:], "-smp", str(cpus), "-m", str(memory_mib),
+                   "-kernel", image]
+        for name in devices:
+            command += ["-device", QEMU_DEVICES[name]]
+        if devices:   # QEMU microvm describes its ECAM only in AML; tell the guest where it is
+            cmdline = f"{cmdline} pci_ecam=0xe0000000".strip()
         if cmdline:
             command += ["-append", cmdline]
         proc = subprocess.run(command, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where guest serial output goes: stdio (default), none or a file path")
     run.add_argument("--boot-protocol", choices=("pvh", "linux64"),
                      help="force a boot protocol (default: PVH when the ELF has the note, else linux64)")
+    run.add_argument("--device", "-d", action="append", default=[], metavar="TYPE",
+                     help="add a PCI device (repeatable): virtio-rng")
     run.add_argument("--no-pvm-workarounds", action="store_true",
                      help="on PVM hosts, do not add the Linux command-line switches vmkit adds")
     run.add_argument("--quiet", "-q", action="store_true", help="print nothing but the guest's output")
@@ -131,7 +133,8 @@ def run_vm(args: argparse.Namespace) -> int:
             say(host.PVM_NOTICE)
         config = VmConfig(kernel=kernel, kernel_name=kernel_name, cmdline=args.cmdline, initrd=initrd,
                           vcpus=args.cpus, memory_mib=args.memory, protocol=args.boot_protocol,
-                          pvm_workarounds=not args.no_pvm_workarounds, console_output=output.write)
+                          pvm_workarounds=not args.no_pvm_workarounds, console_output=output.write,
+                          devices=tuple(args.device))
         machine = build_machine(config)
     except (KvmError, BootError, ConfigError) as exc:
         raise VmkitStartError(f"{kernel_name if 'kernel_name' in locals() else 'VM'}: {exc}"

@@ -63,6 +63,14 @@ class Bus:
             self._bases.insert(i, base)
             self._ranges.insert(i, new)
 
+    def remove(self, device: BusDevice, base: int) -> None:
+        """Release the range `device` holds at `base` (a PCI BAR being moved)."""
+        with self._lock:
+            i = bisect.bisect_left(self._bases, base)
+            if i == len(self._bases) or self._bases[i] != base or self._ranges[i].device is not device:
+                raise BusError(f"{self.name} bus: {device.label} holds no range at {base:#x}")
+            del self._bases[i], self._ranges[i]
+
     def find(self, address: int) -> BusRange | None:
         i = bisect.bisect_right(self._bases, address) - 1
         if i >= 0:

@@ -73,7 +73,8 @@ def build_guest(name: str, variant: Variant = "pvh") -> Path:
     if target.exists():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
-    sources = [RUNTIME_DIR / "entry.S", RUNTIME_DIR / "runtime.c", PROGRAM_DIR / f"{name}.c"]
+    sources = [RUNTIME_DIR / "entry.S", RUNTIME_DIR / "runtime.c", RUNTIME_DIR / "pci.c",
+               RUNTIME_DIR / "virtio.c", PROGRAM_DIR / f"{name}.c"]
     if variant == "pvh":
         sources.append(RUNTIME_DIR / "pvh_note.S")
     with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".tmp", delete=False) as tmp:

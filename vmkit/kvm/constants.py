@@ -25,6 +25,7 @@ KVM_SET_IDENTITY_MAP_ADDR = iow(0x48, 8)
 KVM_CREATE_IRQCHIP = io(0x60)
 KVM_IRQ_LINE = iow(0x61, ctypes.sizeof(s.IrqLevel))
 KVM_CREATE_PIT2 = iow(0x77, ctypes.sizeof(s.PitConfig))
+KVM_SIGNAL_MSI = iow(0xA5, ctypes.sizeof(s.Msi))
 
 # vCPU ioctls
 KVM_RUN = io(0x80)

@@ -143,6 +143,11 @@ class VcpuEvents(ctypes.Structure):
     ]
 
 
+class Msi(ctypes.Structure):
+    _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("flags", u32),
+                ("devid", u32), ("pad", u8 * 12)]
+
+
 class MpState(ctypes.Structure):
     _fields_ = [("mp_state", u32)]
 

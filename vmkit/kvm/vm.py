@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from vmkit.kvm import constants as c
 from vmkit.kvm.errors import KvmError
 from vmkit.kvm.ioctl import raw_ioctl
-from vmkit.kvm.structs import IrqLevel, PitConfig, UserspaceMemoryRegion
+from vmkit.kvm.structs import IrqLevel, Msi, PitConfig, UserspaceMemoryRegion
 
 if TYPE_CHECKING:
     from vmkit.kvm.system import Kvm
@@ -46,6 +46,10 @@ class VmFd:
     def set_irq_line(self, irq: int, level: bool) -> None:
         """Drive a GSI of the in-kernel PIC/IOAPIC high or low (safe from any thread)."""
         self._call("KVM_IRQ_LINE", c.KVM_IRQ_LINE, IrqLevel(irq, 1 if level else 0))
+
+    def signal_msi(self, address: int, data: int) -> None:
+        """Inject a message-signalled interrupt (safe from any thread)."""
+        self._call("KVM_SIGNAL_MSI", c.KVM_SIGNAL_MSI, Msi(address & 0xFFFFFFFF, address >> 32, data, 0, 0))
 
     def create_vcpu(self, index: int) -> VcpuFd:
         from vmkit.kvm.vcpu import VcpuFd

@@ -21,6 +21,9 @@ from vmkit.devices.legacy.debug_exit import DebugConsole, DebugExit
 from vmkit.devices.legacy.i8042 import I8042
 from vmkit.devices.legacy.rtc import CmosRtc
 from vmkit.devices.legacy.serial import Serial16550
+from vmkit.devices.pci.root import ECAM_BUS_SIZE, HostBridge, PciConfigIo, PciConfigMmio, PciRoot
+from vmkit.devices.virtio.pci_transport import BAR_SIZE, VirtioPciDevice
+from vmkit.devices.virtio.rng import VirtioRng
 from vmkit.kvm import Kvm, VcpuFd, VmFd
 from vmkit.memory import GuestMemory
 from vmkit.vmm import host, outcome
@@ -33,6 +36,7 @@ I8042_PORT = 0x60
 RTC_PORT = 0x70
 DEBUG_EXIT_PORT = 0xF4
 DEBUGCON_PORT = 0xE9
+PCI_CONFIG_PORT = 0xCF8
 
 
 def is_linux(kernel: bytes) -> bool:
@@ -91,6 +95,7 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         pio.insert(devices["debug-exit"], DEBUG_EXIT_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["debugcon"], DEBUGCON_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["acpi-power"], acpi.SLEEP_CONTROL_PORT, 3)  # type: ignore[arg-type]
+        devices["pci"] = _attach_pci(config, memory, vm_fd, pio, mmio)
 
         # 5. vCPUs
         supported_cpuid = kvm.supported_cpuid()
@@ -116,6 +121,28 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
             memory.close()
         kvm.close()
         raise
+
+
+def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mmio: Bus) -> PciRoot:
+    """Bus 0: the host bridge in slot 0, then the configured devices in order (stable slots)."""
+    root = PciRoot()
+    root.add(HostBridge(), slot=0)
+    pio.insert(PciConfigIo(root), PCI_CONFIG_PORT, 8)
+    mmio.insert(PciConfigMmio(root), layout.PCI_ECAM_ADDR, ECAM_BUS_SIZE)
+    for name in config.devices:
+        slot = len(root.functions)
+        bar = layout.PCI_MMIO_BASE + slot * layout.PCI_MMIO_STRIDE
+        if name == "virtio-rng":
+            function = VirtioPciDevice(VirtioRng(), memory, bar, vm_fd.signal_msi)
+        root.add(function, slot)
+        mmio.insert(function.bar, bar, BAR_SIZE)
+
+        def moved(index: int, old: int, new: int, function: VirtioPciDevice = function) -> None:
+            mmio.remove(function.bar, old)
+            mmio.insert(function.bar, new, BAR_SIZE)
+
+        function.config.on_bar_moved = moved
+    return root
 
 
 def _set_boot_registers(vcpu: VcpuFd, memory: GuestMemory, boot: BootPlan) -> None:

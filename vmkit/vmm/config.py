@@ -7,6 +7,7 @@ from typing import Literal, NamedTuple
 
 MAX_VCPUS = 254           # the MP table's limit (APIC IDs 0..253, the IOAPIC takes the next)
 MIN_MEMORY_MIB = 2
+DEVICE_TYPES = ("virtio-rng",)
 
 
 def _discard(data: bytes) -> None:
@@ -27,6 +28,7 @@ class VmConfig(NamedTuple):
     protocol: Literal["pvh", "linux64"] | None = None
     pvm_workarounds: bool = True
     console_output: Callable[[bytes], None] = _discard
+    devices: tuple[str, ...] = ()
 
     def validate(self, host_max_vcpus: int) -> None:
         limit = min(MAX_VCPUS, host_max_vcpus)
@@ -36,5 +38,8 @@ class VmConfig(NamedTuple):
             raise ConfigError(f"memory: {self.memory_mib} MiB is too little; the minimum is {MIN_MEMORY_MIB} MiB")
         if self.memory_mib > 1 << 20:
             raise ConfigError(f"memory: {self.memory_mib} MiB is more than vmkit supports (1 TiB)")
+        for name in self.devices:
+            if name not in DEVICE_TYPES:
+                raise ConfigError(f"device: {name!r} is not a device vmkit has; there are: {', '.join(DEVICE_TYPES)}")
         if self.protocol not in (None, "pvh", "linux64"):
             raise ConfigError(f"protocol: {self.protocol!r} is not one of pvh, linux64")

@@ -1,4 +1,4 @@
-"""ACPI tables for a hardware-reduced platform: RSDP, XSDT, FADT, DSDT (with _S5_) and MADT.
+"""ACPI tables for a hardware-reduced platform: RSDP, XSDT, FADT, DSDT (with _S5_), MADT and MCFG.
 
 Power-off and reset go through two I/O-port registers named in the FADT
 (the ACPI 5+ sleep control register and the reset register), served by
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from vmkit.arch.x86.layout import ACPI_ADDR, IOAPIC_ADDR, LAPIC_ADDR
+from vmkit.arch.x86.layout import ACPI_ADDR, IOAPIC_ADDR, LAPIC_ADDR, PCI_ECAM_ADDR
 from vmkit.memory import GuestMemory
 
 OEM_ID = b"VMKIT "
@@ -80,6 +80,11 @@ def madt(num_cpus: int) -> bytes:
     return _table(b"APIC", 5, struct.pack("<II", LAPIC_ADDR, 1) + b"".join(entries))
 
 
+def mcfg(ecam_base: int) -> bytes:
+    """PCI Express memory-mapped configuration: bus 0 of segment 0 at `ecam_base`."""
+    return _table(b"MCFG", 1, bytes(8) + struct.pack("<QHBBI", ecam_base, 0, 0, 0, 0))
+
+
 def write_acpi_tables(memory: GuestMemory, num_cpus: int, base: int = ACPI_ADDR) -> int:
     """Write the tables at `base`; return the RSDP's address (it is at `base`)."""
     tables: list[tuple[str, bytes]] = []
@@ -96,7 +101,8 @@ def write_acpi_tables(memory: GuestMemory, num_cpus: int, base: int = ACPI_ADDR)
     dsdt_addr = place("DSDT", dsdt())
     fadt_addr = place("FACP", fadt(dsdt_addr))
     madt_addr = place("APIC", madt(num_cpus))
-    xsdt_addr = place("XSDT", _table(b"XSDT", 1, struct.pack("<QQ", fadt_addr, madt_addr)))
+    mcfg_addr = place("MCFG", mcfg(PCI_ECAM_ADDR))
+    xsdt_addr = place("XSDT", _table(b"XSDT", 1, struct.pack("<QQQ", fadt_addr, madt_addr, mcfg_addr)))
     if cursor > 0x100000:
         raise ValueError(f"ACPI tables for {num_cpus} CPUs do not fit below 1 MiB")
     rsdp = bytearray(struct.pack("<8sB6sBIIQB3s", b"RSD PTR ", 0, OEM_ID, 2, 0, 36, xsdt_addr, 0, bytes(3)))

@@ -18,6 +18,9 @@ ACPI_ADDR = 0xE0000         # RSDP, then the ACPI tables, up to 1 MiB
 HIGH_MEMORY_START = 0x100000  # kernels load at 1 MiB
 KERNEL_LOAD_ADDR = 0x100000
 
+PCI_MMIO_BASE = 0xC0000000  # BARs of PCI devices, 64 KiB apart, below 0xD0000000
+PCI_MMIO_STRIDE = 0x10000
+PCI_ECAM_ADDR = 0xE0000000  # ECAM for bus 0 (1 MiB), named in the ACPI MCFG table
 IOAPIC_ADDR = 0xFEC00000
 LAPIC_ADDR = 0xFEE00000
 TSS_ADDR = 0xFFFBD000       # 3 pages KVM needs on Intel hosts (KVM_SET_TSS_ADDR)

@@ -1,0 +1,112 @@
+"""The PCI root complex: functions on bus 0, reached through 0xCF8/0xCFC or ECAM (MMIO)."""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import Protocol
+
+from vmkit.devices.pci.config_space import ConfigSpace
+
+CONFIG_ADDRESS_PORT = 0xCF8   # 0xCF8..0xCFB: address, 0xCFC..0xCFF: data
+ECAM_BUS_SIZE = 1 << 20       # 32 devices x 8 functions x 4 KiB
+MAX_DEVICES = 32
+
+
+class PciFunction(Protocol):
+    label: str
+    config: ConfigSpace
+
+
+class PciRoot:
+    """Bus 0 with up to 32 single-function devices; slot 0 is the host bridge."""
+
+    def __init__(self) -> None:
+        self.functions: dict[int, PciFunction] = {}
+
+    def add(self, function: PciFunction, slot: int | None = None) -> int:
+        if slot is None:
+            slot = next((s for s in range(MAX_DEVICES) if s not in self.functions), None)
+            if slot is None:
+                raise ValueError("PCI bus 0 is full (32 devices)")
+        if slot in self.functions:
+            raise ValueError(f"PCI slot {slot} holds {self.functions[slot].label} already")
+        self.functions[slot] = function
+        return slot
+
+    def config_read(self, bus: int, slot: int, function: int, offset: int, size: int) -> bytes:
+        target = self.functions.get(slot) if bus == 0 and function == 0 else None
+        if target is None:
+            return b"\xff" * size          # no device: all ones, as on real hardware
+        return target.config.read(offset, size)
+
+    def config_write(self, bus: int, slot: int, function: int, offset: int, data: bytes) -> None:
+        target = self.functions.get(slot) if bus == 0 and function == 0 else None
+        if target is not None:
+            target.config.write(offset, data)
+
+
+class PciConfigIo:
+    """Configuration mechanism #1: the address register at 0xCF8 and data at 0xCFC (PIO bus)."""
+
+    label = "pci-config-io"
+
+    def __init__(self, root: PciRoot) -> None:
+        self._root = root
+        self._address = 0
+        self._lock = threading.Lock()
+
+    def _target(self, data_offset: int) -> tuple[int, int, int, int] | None:
+        address = self._address
+        if not address & 0x80000000:
+            return None
+        bus, slot, function = (address >> 16) & 0xFF, (address >> 11) & 0x1F, (address >> 8) & 0x7
+        return bus, slot, function, (address & 0xFC) + data_offset
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            if offset < 4:
+                return self._address.to_bytes(4, "little")[offset : offset + size]
+            target = self._target(offset - 4)
+        if target is None:
+            return b"\xff" * size
+        return self._root.config_read(*target, size)
+
+    def write(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            if offset < 4:
+                raw = bytearray(self._address.to_bytes(4, "little"))
+                raw[offset : offset + len(data)] = data
+                self._address = struct.unpack("<I", raw)[0] & 0x80FFFFFC
+                return
+            target = self._target(offset - 4)
+        if target is not None:
+            self._root.config_write(*target, data)
+
+
+class PciConfigMmio:
+    """ECAM: bus 0's configuration space mapped as 1 MiB of MMIO (offset = dev << 15 | fn << 12 | reg)."""
+
+    label = "pci-ecam"
+
+    def __init__(self, root: PciRoot) -> None:
+        self._root = root
+
+    @staticmethod
+    def _split(offset: int) -> tuple[int, int, int, int]:
+        return offset >> 20, (offset >> 15) & 0x1F, (offset >> 12) & 0x7, offset & 0xFFF
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self._root.config_read(*self._split(offset), size)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._root.config_write(*self._split(offset), data)
+
+
+class HostBridge:
+    """00:00.0, the host bridge: present so guests find a PCI hierarchy."""
+
+    label = "pci-host-bridge"
+
+    def __init__(self) -> None:
+        self.config = ConfigSpace(vendor=0x8086, device=0x0D57, class_code=0x060000)

@@ -1,0 +1,1 @@
+"""virtio 1.x devices: split virtqueues, the PCI transport, and the devices themselves."""

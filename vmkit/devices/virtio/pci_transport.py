@@ -1,0 +1,235 @@
+"""The virtio 1.x PCI transport ("modern" virtio-pci, spec section 4.1).
+
+BAR 0 (32 KiB of MMIO) holds, at fixed offsets:
+  0x0000 common configuration   0x1000 ISR status   0x2000 device configuration
+  0x3000 notifications (4 bytes per queue)   0x4000 MSI-X table   0x5000 MSI-X PBA
+Queue notifications are handled on the vCPU thread that wrote them.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import Protocol
+
+from vmkit.devices.pci.config_space import ConfigSpace
+from vmkit.devices.pci.msix import MsixTable, SignalMsi
+from vmkit.devices.virtio.queue import Virtqueue, VirtqueueError
+from vmkit.memory import GuestMemory
+
+VIRTIO_VENDOR = 0x1AF4
+VIRTIO_F_VERSION_1 = 1 << 32
+BAR_SIZE = 0x8000
+COMMON, ISR, DEVICE, NOTIFY, MSIX_TABLE, MSIX_PBA = 0x0000, 0x1000, 0x2000, 0x3000, 0x4000, 0x5000
+NOTIFY_MULTIPLIER = 4
+NO_VECTOR = 0xFFFF
+CAP_VENDOR, CAP_MSIX = 0x09, 0x11
+CFG_COMMON, CFG_NOTIFY, CFG_ISR, CFG_DEVICE = 1, 2, 3, 4
+
+STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK = 1, 2, 4
+STATUS_FEATURES_OK, STATUS_NEEDS_RESET, STATUS_FAILED = 8, 0x40, 0x80
+ISR_QUEUE, ISR_CONFIG = 1, 2
+
+
+class VirtioDevice(Protocol):
+    """What a device type provides to the transport."""
+
+    label: str
+    device_type: int
+    features: int
+    queue_sizes: tuple[int, ...]
+
+    def config(self) -> bytes: ...
+
+    def process(self, queue: Virtqueue, memory: GuestMemory) -> bool:
+        """Serve the queue's available chains; True if any was returned to the driver."""
+        ...
+
+    def reset(self) -> None: ...
+
+
+class VirtioPciDevice:
+    """A PCI function wrapping one virtio device: configuration space, BAR 0 and interrupts."""
+
+    def __init__(self, device: VirtioDevice, memory: GuestMemory, bar_address: int,
+                 signal_msi: SignalMsi, class_code: int = 0xFF0000) -> None:
+        self.device = device
+        self.label = f"virtio-pci ({device.label})"
+        self.memory = memory
+        self.queues = [Virtqueue(size) for size in device.queue_sizes]
+        self._lock = threading.RLock()
+        self.config = ConfigSpace(VIRTIO_VENDOR, 0x1040 + device.device_type, class_code, revision=1,
+                                  subsystem_vendor=VIRTIO_VENDOR, subsystem=0x40)
+        self.config.add_memory_bar(0, bar_address, BAR_SIZE)
+        self._add_virtio_cap(CFG_COMMON, COMMON, 0x38)
+        self._add_virtio_cap(CFG_NOTIFY, NOTIFY, NOTIFY_MULTIPLIER * len(self.queues),
+                             extra=struct.pack("<I", NOTIFY_MULTIPLIER))
+        self._add_virtio_cap(CFG_ISR, ISR, 1)
+        self._add_virtio_cap(CFG_DEVICE, DEVICE, max(len(device.config()), 4))
+        vectors = len(self.queues) + 1
+        self._msix_cap = self.config.add_capability(
+            CAP_MSIX, struct.pack("<HII", vectors - 1, MSIX_TABLE, MSIX_PBA), writable=b"\x00\xc0")
+        self.msix = MsixTable(vectors, lambda: self.config.u16(self._msix_cap + 2), signal_msi)
+        self.bar = VirtioPciBar(self)
+        self.reset()
+
+    def _add_virtio_cap(self, cfg_type: int, offset: int, length: int, extra: bytes = b"") -> None:
+        body = struct.pack("<BBBBBBII", 16 + len(extra), cfg_type, 0, 0, 0, 0, offset, length) + extra
+        self.config.add_capability(CAP_VENDOR, body)
+
+    # --- state ---------------------------------------------------------------
+    def reset(self) -> None:
+        with self._lock:
+            self.status = 0
+            self.device_feature_select = 0
+            self.driver_feature_select = 0
+            self.driver_features = 0
+            self.queue_select = 0
+            self.config_msix_vector = NO_VECTOR
+            self.isr = 0
+            for queue in self.queues:
+                queue.reset()
+            self.device.reset()
+
+    @property
+    def _queue(self) -> Virtqueue | None:
+        return self.queues[self.queue_select] if self.queue_select < len(self.queues) else None
+
+    error: str | None = None
+
+    def _fail(self, reason: str) -> None:
+        """The driver broke the rules: stop, set DEVICE_NEEDS_RESET, tell the driver."""
+        self.status |= STATUS_NEEDS_RESET
+        self.error = reason
+        self._interrupt(self.config_msix_vector, ISR_CONFIG)
+
+    def _interrupt(self, vector: int, isr_bit: int) -> None:
+        self.isr |= isr_bit
+        if vector != NO_VECTOR:
+            self.msix.notify(vector)
+
+    # --- common configuration ------------------------------------------------
+    def read_common(self, offset: int, size: int) -> bytes:
+        q = self._queue
+        fields = {
+            0x00: ("I", self.device_feature_select),
+            0x04: ("I", (self.device.features >> (32 * self.device_feature_select)) & 0xFFFFFFFF
+                   if self.device_feature_select < 2 else 0),
+            0x08: ("I", self.driver_feature_select),
+            0x0C: ("I", (self.driver_features >> (32 * self.driver_feature_select)) & 0xFFFFFFFF
+                   if self.driver_feature_select < 2 else 0),
+            0x10: ("H", self.config_msix_vector),
+            0x12: ("H", len(self.queues)),
+            0x14: ("B", self.status),
+            0x15: ("B", 0),
+            0x16: ("H", self.queue_select),
+            0x18: ("H", q.size if q else 0),
+            0x1A: ("H", q.msix_vector if q else NO_VECTOR),
+            0x1C: ("H", int(q.ready) if q else 0),
+            0x1E: ("H", self.queue_select if q else 0),
+            0x20: ("Q", q.desc_table if q else 0),
+            0x28: ("Q", q.avail_ring if q else 0),
+            0x30: ("Q", q.used_ring if q else 0),
+        }
+        raw = b"".join(struct.pack("<" + fmt, value) for _, (fmt, value) in sorted(fields.items()))
+        return raw[offset : offset + size].ljust(size, b"\0")
+
+    def write_common(self, offset: int, data: bytes) -> None:
+        value = int.from_bytes(data, "little")
+        q = self._queue
+        if offset == 0x00:
+            self.device_feature_select = value
+        elif offset == 0x08:
+            self.driver_feature_select = value
+        elif offset == 0x0C and self.driver_feature_select < 2:
+            shift = 32 * self.driver_feature_select
+            self.driver_features = (self.driver_features & ~(0xFFFFFFFF << shift)) | (value << shift)
+        elif offset == 0x10:
+            self.config_msix_vector = value
+        elif offset == 0x14:
+            self._write_status(value)
+        elif offset == 0x16:
+            self.queue_select = value
+        elif q is None or q.ready and offset != 0x1A:
+            return                                   # a live queue's layout is fixed
+        elif offset == 0x18:
+            q.size = value
+        elif offset == 0x1A:
+            q.msix_vector = value
+        elif offset == 0x1C and value == 1:
+            try:
+                q.validate_layout(self.memory)
+            except VirtqueueError as exc:
+                self._fail(f"queue {self.queue_select}: {exc}")
+                return
+            q.ready = True
+        elif offset in (0x20, 0x24, 0x28, 0x2C, 0x30, 0x34):
+            field = {0x20: "desc_table", 0x28: "avail_ring", 0x30: "used_ring"}[offset & ~7]
+            current = getattr(q, field)
+            if offset & 4:
+                setattr(q, field, (current & 0xFFFFFFFF) | (value << 32))
+            elif len(data) == 8:
+                setattr(q, field, value)
+            else:
+                setattr(q, field, (current & ~0xFFFFFFFF) | value)
+
+    def _write_status(self, value: int) -> None:
+        if value == 0:
+            self.reset()
+            return
+        if value & STATUS_FEATURES_OK and not self.status & STATUS_FEATURES_OK:
+            unknown = self.driver_features & ~self.device.features
+            if unknown or not self.driver_features & VIRTIO_F_VERSION_1:
+                value &= ~STATUS_FEATURES_OK             # refuse: the driver sees FEATURES_OK clear
+        self.status = value | (self.status & STATUS_NEEDS_RESET)
+
+    # --- notifications -------------------------------------------------------
+    def notify(self, queue_index: int) -> None:
+        with self._lock:
+            if not self.status & STATUS_DRIVER_OK or self.status & STATUS_NEEDS_RESET:
+                return
+            if queue_index >= len(self.queues) or not self.queues[queue_index].ready:
+                return
+            queue = self.queues[queue_index]
+            try:
+                used = self.device.process(queue, self.memory)
+                if used and not queue.interrupt_suppressed(self.memory):
+                    self._interrupt(queue.msix_vector, ISR_QUEUE)
+            except VirtqueueError as exc:
+                self._fail(f"queue {queue_index}: {exc}")
+
+
+class VirtioPciBar:
+    """BAR 0 of a virtio-pci function, as a device on the MMIO bus."""
+
+    def __init__(self, owner: VirtioPciDevice) -> None:
+        self.owner = owner
+        self.label = f"{owner.label} BAR0"
+
+    def read(self, offset: int, size: int) -> bytes:
+        o = self.owner
+        with o._lock:
+            if offset < ISR:
+                return o.read_common(offset, size)
+            if offset < DEVICE:
+                isr, o.isr = o.isr, 0                      # reading the ISR clears it
+                return bytes([isr]).ljust(size, b"\0")
+            if offset < NOTIFY:
+                return o.device.config()[offset - DEVICE : offset - DEVICE + size].ljust(size, b"\0")
+            if offset < MSIX_TABLE:
+                return bytes(size)
+            if offset < MSIX_PBA:
+                return o.msix.read_table(offset - MSIX_TABLE, size)
+            return o.msix.read_pba(offset - MSIX_PBA, size)
+
+    def write(self, offset: int, data: bytes) -> None:
+        o = self.owner
+        if NOTIFY <= offset < MSIX_TABLE:
+            o.notify((offset - NOTIFY) // NOTIFY_MULTIPLIER)
+            return
+        with o._lock:
+            if offset < ISR:
+                o.write_common(offset, data)
+            elif MSIX_TABLE <= offset < MSIX_PBA:
+                o.msix.write_table(offset - MSIX_TABLE, data)
+

@@ -1,0 +1,125 @@
+"""A split virtqueue (virtio 1.x, section 2.7), read with suspicion.
+
+Everything in the rings is written by the guest and treated as hostile: indices,
+descriptor addresses and lengths, chain links and flags are all checked against
+the queue size and guest memory. A violation raises VirtqueueError; the device then
+marks itself DEVICE_NEEDS_RESET and stops using the queue. Nothing outside guest
+memory is ever read or written.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from vmkit.memory import GuestMemory, GuestMemoryError
+
+MAX_QUEUE_SIZE = 256
+DESC_SIZE = 16
+VIRTQ_DESC_F_NEXT = 1
+VIRTQ_DESC_F_WRITE = 2
+VIRTQ_DESC_F_INDIRECT = 4
+VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+
+
+class VirtqueueError(Exception):
+    """The guest put something invalid in a virtqueue."""
+
+
+class Buffer(NamedTuple):
+    address: int
+    length: int
+
+
+class DescriptorChain(NamedTuple):
+    """One request: buffers the device reads, then buffers it writes."""
+
+    head: int
+    readable: list[Buffer]
+    writable: list[Buffer]
+
+
+class Virtqueue:
+    """Driver-side addresses and device-side indices of one queue."""
+
+    def __init__(self, max_size: int = MAX_QUEUE_SIZE) -> None:
+        self.max_size = max_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = self.max_size
+        self.ready = False
+        self.desc_table = 0
+        self.avail_ring = 0
+        self.used_ring = 0
+        self.msix_vector = 0xFFFF
+        self.last_avail = 0
+        self.next_used = 0
+
+    def validate_layout(self, memory: GuestMemory) -> None:
+        """Check size and ring placement when the driver enables the queue."""
+        size = self.size
+        if not 1 <= size <= self.max_size or size & (size - 1):
+            raise VirtqueueError(f"queue size {size} is not a power of two in 1..{self.max_size}")
+        for name, address, length, align in (
+            ("descriptor table", self.desc_table, DESC_SIZE * size, 16),
+            ("available ring", self.avail_ring, 6 + 2 * size, 2),
+            ("used ring", self.used_ring, 6 + 8 * size, 4),
+        ):
+            if address % align:
+                raise VirtqueueError(f"{name} at {address:#x} is not {align}-byte aligned")
+            if not memory.contains(address, length):
+                raise VirtqueueError(f"{name} [{address:#x}, +{length:#x}) is outside guest memory")
+
+    def pop(self, memory: GuestMemory) -> DescriptorChain | None:
+        """The next available chain, or None when the driver has offered nothing new."""
+        try:
+            avail_idx = struct.unpack("<H", memory.read(self.avail_ring + 2, 2))[0]
+            pending = (avail_idx - self.last_avail) & 0xFFFF
+            if pending == 0:
+                return None
+            if pending > self.size:
+                raise VirtqueueError(f"available index moved by {pending}, more than the queue size {self.size}")
+            slot = self.avail_ring + 4 + 2 * (self.last_avail % self.size)
+            head = struct.unpack("<H", memory.read(slot, 2))[0]
+            chain = self._walk(memory, head)
+        except GuestMemoryError as exc:
+            raise VirtqueueError(str(exc)) from None
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        return chain
+
+    def _walk(self, memory: GuestMemory, head: int) -> DescriptorChain:
+        readable: list[Buffer] = []
+        writable: list[Buffer] = []
+        index = head
+        for _ in range(self.size):                  # a chain longer than the queue is a loop
+            if index >= self.size:
+                raise VirtqueueError(f"descriptor index {index} is outside the queue (size {self.size})")
+            address, length, flags, next_index = struct.unpack(
+                "<QIHH", memory.read(self.desc_table + DESC_SIZE * index, DESC_SIZE))
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                raise VirtqueueError(f"descriptor {index} is indirect, which was not negotiated")
+            if not memory.contains(address, length):
+                raise VirtqueueError(
+                    f"descriptor {index} points at [{address:#x}, +{length:#x}), outside guest memory")
+            if flags & VIRTQ_DESC_F_WRITE:
+                writable.append(Buffer(address, length))
+            elif writable:
+                raise VirtqueueError(f"descriptor {index} is device-readable after a device-writable one")
+            else:
+                readable.append(Buffer(address, length))
+            if not flags & VIRTQ_DESC_F_NEXT:
+                return DescriptorChain(head, readable, writable)
+            index = next_index
+        raise VirtqueueError(f"descriptor chain from {head} is longer than the queue: a loop")
+
+    def push_used(self, memory: GuestMemory, head: int, written: int) -> None:
+        """Return a chain to the driver, saying how many bytes the device wrote."""
+        slot = self.used_ring + 4 + 8 * (self.next_used % self.size)
+        memory.write(slot, struct.pack("<II", head, written))
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        memory.write(self.used_ring + 2, struct.pack("<H", self.next_used))   # index after the element
+
+    def interrupt_suppressed(self, memory: GuestMemory) -> bool:
+        flags = struct.unpack("<H", memory.read(self.avail_ring, 2))[0]
+        return bool(flags & VIRTQ_AVAIL_F_NO_INTERRUPT)

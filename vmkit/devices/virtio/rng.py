@@ -1,0 +1,38 @@
+"""virtio-rng (entropy device, type 4): fills every device-writable buffer with host randomness."""
+
+from __future__ import annotations
+
+import os
+
+from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
+from vmkit.devices.virtio.queue import Virtqueue
+from vmkit.memory import GuestMemory
+
+MAX_BYTES_PER_REQUEST = 64 * 1024
+
+
+class VirtioRng:
+    label = "virtio-rng"
+    device_type = 4
+    features = VIRTIO_F_VERSION_1
+    queue_sizes = (256,)
+
+    def config(self) -> bytes:
+        return b""
+
+    def process(self, queue: Virtqueue, memory: GuestMemory) -> bool:
+        served = False
+        while (chain := queue.pop(memory)) is not None:
+            written = 0
+            for buffer in chain.writable:
+                length = min(buffer.length, MAX_BYTES_PER_REQUEST - written)
+                if length <= 0:
+                    break
+                memory.write(buffer.address, os.urandom(length))
+                written += length
+            queue.push_used(memory, chain.head, written)
+            served = True
+        return served
+
+    def reset(self) -> None:
+        pass
