@@ -49,3 +49,25 @@ def test_hello_reports_its_machine(boot):
     assert done.returncode == 1
     assert results["cpus_online"] == "2" and results["cmdline"] == "kit=1"
     assert int(results["ram_mib"]) in (126, 127)
+
+
+def test_tsc_clock_agrees_with_the_host_clock():
+    """The guest spins 500 ms by its TSC clock; the host sees roughly that long pass.
+    Bounds are wide (0.3-3 s): this checks the calibration, not vmkit's speed."""
+    import subprocess
+    import time
+
+    from tests.conftest import vmkit_command
+
+    proc = subprocess.Popen(vmkit_command("run", "--guest", "clock", "--cmdline", "ms=500"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = {}
+    for raw in proc.stdout:
+        line = raw.decode().strip()
+        lines[line] = time.monotonic()
+    proc.wait(30)
+    assert proc.returncode == 1
+    hz = int(next(k for k in lines if k.startswith("RESULT tsc_hz=")).split("=")[1])
+    assert 100_000_000 < hz < 10_000_000_000
+    elapsed = lines["SPIN END"] - lines["SPIN START"]
+    assert 0.3 < elapsed < 3.0, elapsed

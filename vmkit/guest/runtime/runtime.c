@@ -359,6 +359,50 @@ static void mask_legacy_pic(void) {
     raw_outb(0x21, 0xFF); raw_outb(0xA1, 0xFF);   /* mask everything */
 }
 
+/* ---------------------------------------------------------------- TSC clock */
+#define PIT_HZ 1193182UL
+static u64 tsc_frequency;
+static const char *tsc_source = "none";
+
+static void cpuid(u32 leaf, u32 *a, u32 *b, u32 *c, u32 *d) {
+    __asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(0));
+}
+
+static u16 pit_count(void) {
+    outb(0x43, 0x00);                              /* latch channel 0 */
+    u8 lo = inb(0x40), hi = inb(0x40);
+    return (u16)(lo | (hi << 8));
+}
+
+u64 tsc_hz(void) {
+    if (tsc_frequency) return tsc_frequency;
+    u32 a, b, c, d;
+    cpuid(0, &a, &b, &c, &d);
+    if (a >= 0x15) {
+        cpuid(0x15, &a, &b, &c, &d);               /* TSC/crystal ratio b/a, crystal c Hz */
+        if (a && b && c) { tsc_source = "cpuid"; return tsc_frequency = (u64)c * b / a; }
+    }
+    /* Channel 0, mode 2, full count: it counts down at 1.193182 MHz. Watch 10 ms of it. */
+    outb(0x43, 0x34); outb(0x40, 0); outb(0x40, 0);
+    u16 start = pit_count();
+    u64 t0 = rdtsc(), ticks = 0;
+    u16 last = start;
+    while (ticks < PIT_HZ / 100) {
+        u16 now = pit_count();
+        ticks += (u16)(last - now);
+        last = now;
+    }
+    tsc_source = "pit";
+    return tsc_frequency = (rdtsc() - t0) * PIT_HZ / ticks;
+}
+
+const char *tsc_hz_source(void) { return tsc_source; }
+
+u64 now_ns(void) {
+    u64 hz = tsc_hz(), t = rdtsc();
+    return t / hz * 1000000000UL + t % hz * 1000000000UL / hz;
+}
+
 u64 cmdline_u64(const char *key, u64 fallback) {
     size_t klen = strlen(key);
     for (const char *p = machine.cmdline; *p; p++) {

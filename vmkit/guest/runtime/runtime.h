@@ -58,6 +58,11 @@ static inline u64 rdtsc(void) {
     __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
     return ((u64)hi << 32) | lo;
 }
+/* The TSC as a clock: its frequency (CPUID leaf 0x15, else measured against the PIT once). */
+u64 tsc_hz(void);
+u64 now_ns(void);
+const char *tsc_hz_source(void);    /* "cpuid" or "pit" */
+
 static inline void cpu_relax(void) { __asm__ volatile("pause"); }
 static inline u32 mmio_read32(u64 addr) { return *(volatile u32 *)addr; }
 static inline void mmio_write32(u64 addr, u32 v) { *(volatile u32 *)addr = v; }
