@@ -49,6 +49,26 @@ def vmkit():
     return run_vmkit
 
 
+@pytest.fixture
+def spawn():
+    """spawn(*vmkit_args, **popen_kwargs) -> Popen of `vmkit ...`; killed at teardown if still running,
+    so a failing test never leaves a VM behind."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str, **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        proc = subprocess.Popen(vmkit_command(*args), **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def pytest_addoption(parser):
     parser.addoption("--vmm", choices=("vmkit", "qemu"), default="vmkit",
                      help="VMM the guest-kit tests boot their images with (default vmkit)")

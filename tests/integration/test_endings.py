@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 
-from tests.conftest import ON_PVM, vmkit_command
+from tests.conftest import ON_PVM
 
 
 def test_acpi_power_off(vmkit):
@@ -42,32 +42,31 @@ def test_ring0_int3_and_unsupported_instructions(vmkit):
         assert done.returncode == 1 and done.results()["popcnt"] == "8"
 
 
-def _start_waiting_guest(**kwargs) -> subprocess.Popen:
-    proc = subprocess.Popen(vmkit_command("run", "--guest", "serial_echo"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **kwargs)
+def _start_waiting_guest(spawn, **kwargs) -> subprocess.Popen:
+    proc = spawn("run", "--guest", "serial_echo", **kwargs)
     assert proc.stdout.readline() == b"READY\n"
     return proc
 
 
-def test_sigterm_stops_the_vm_cleanly():
-    proc = _start_waiting_guest(stdin=subprocess.PIPE)
+def test_sigterm_stops_the_vm_cleanly(spawn):
+    proc = _start_waiting_guest(spawn, stdin=subprocess.PIPE)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143
     assert b"stopped by SIGTERM" in err and b"Traceback" not in err
 
 
-def test_sigint_stops_the_vm_cleanly():
-    proc = _start_waiting_guest(stdin=subprocess.PIPE)
+def test_sigint_stops_the_vm_cleanly(spawn):
+    proc = _start_waiting_guest(spawn, stdin=subprocess.PIPE)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and b"stopped by SIGINT" in err
 
 
-def test_ctrl_a_x_on_a_terminal_quits_and_restores_it():
+def test_ctrl_a_x_on_a_terminal_quits_and_restores_it(spawn):
     controller, terminal = pty.openpty()
     try:
-        proc = _start_waiting_guest(stdin=terminal)
+        proc = _start_waiting_guest(spawn, stdin=terminal)
         time.sleep(0.3)                                # let vmkit put the terminal in raw mode
         os.write(controller, b"\x01x")
         _, err = proc.communicate(timeout=30)

@@ -51,16 +51,12 @@ def test_hello_reports_its_machine(boot):
     assert int(results["ram_mib"]) in (126, 127)
 
 
-def test_tsc_clock_agrees_with_the_host_clock():
+def test_tsc_clock_agrees_with_the_host_clock(spawn):
     """The guest spins 500 ms by its TSC clock; the host sees roughly that long pass.
     Bounds are wide (0.3-3 s): this checks the calibration, not vmkit's speed."""
-    import subprocess
     import time
 
-    from tests.conftest import vmkit_command
-
-    proc = subprocess.Popen(vmkit_command("run", "--guest", "clock", "--cmdline", "ms=500"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = spawn("run", "--guest", "clock", "--cmdline", "ms=500")
     lines = {}
     for raw in proc.stdout:
         line = raw.decode().strip()

@@ -3,12 +3,9 @@
 import subprocess
 import time
 
-from tests.conftest import vmkit_command
 
-
-def test_input_arrives_by_interrupt_and_is_echoed():
-    proc = subprocess.Popen(vmkit_command("run", "--guest", "serial_echo"), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def test_input_arrives_by_interrupt_and_is_echoed(spawn):
+    proc = spawn("run", "--guest", "serial_echo", stdin=subprocess.PIPE)
     assert proc.stdout.readline() == b"READY\n"       # the guest is waiting with IRQ 4 routed
     time.sleep(0.5)                                   # let it reach its halt before input arrives
     out, err = proc.communicate(b"hello from the host\n", timeout=60)

@@ -22,8 +22,6 @@ from vmkit.devices.legacy.i8042 import I8042
 from vmkit.devices.legacy.rtc import CmosRtc
 from vmkit.devices.legacy.serial import Serial16550
 from vmkit.devices.pci.root import ECAM_BUS_SIZE, HostBridge, PciConfigIo, PciConfigMmio, PciRoot
-from vmkit.devices.virtio.pci_transport import BAR_SIZE, VirtioPciDevice
-from vmkit.devices.virtio.rng import VirtioRng
 from vmkit.kvm import Kvm, VcpuFd, VmFd
 from vmkit.memory import GuestMemory
 from vmkit.vmm import host, outcome
@@ -129,6 +127,12 @@ def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mm
     root.add(HostBridge(), slot=0)
     pio.insert(PciConfigIo(root), PCI_CONFIG_PORT, 8)
     mmio.insert(PciConfigMmio(root), layout.PCI_ECAM_ADDR, ECAM_BUS_SIZE)
+    if not config.devices:
+        return root
+    # The virtio stack is imported only when a device asks for it: start-up pays for what it uses.
+    from vmkit.devices.virtio.pci_transport import BAR_SIZE, VirtioPciDevice
+    from vmkit.devices.virtio.rng import VirtioRng
+
     for name in config.devices:
         slot = len(root.functions)
         bar = layout.PCI_MMIO_BASE + slot * layout.PCI_MMIO_STRIDE
