@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="guest kernel: bzImage, ELF vmlinux or PVH ELF")
     source.add_argument("--guest", "-g", metavar="NAME",
                         help="a built-in guest program (default: hello); see `vmkit guests`")
+    source.add_argument("--image", metavar="NAME",
+                        help="a Linux image from `vmkit image build`; the command after -- runs in it")
     run.add_argument("--initrd", "-i", metavar="PATH", help="initial ramdisk")
     run.add_argument("--cmdline", "-c", default="", metavar="ARGS", help="kernel command line")
     run.add_argument("--cpus", "-n", type=_positive, default=1, metavar="N", help="vCPUs (default 1)")
@@ -59,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-pvm-workarounds", action="store_true",
                      help="on PVM hosts, do not add the Linux command-line switches vmkit adds")
     run.add_argument("--quiet", "-q", action="store_true", help="print nothing but the guest's output")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                     help="with --image: the command to run in the guest")
+
+    image = commands.add_parser("image", help="build, list and remove Linux guest images")
+    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    image_build = image_commands.add_parser("build", help="build an image (kernel and initramfs)")
+    image_build.add_argument("name", nargs="?", default="linux")
+    image_build.add_argument("--jobs", "-j", type=_positive, help="parallel compile jobs (default: CPUs)")
+    image_build.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
+    image_commands.add_parser("list", help="list built images")
+    image_rm = image_commands.add_parser("rm", help="remove an image")
+    image_rm.add_argument("name")
 
     commands.add_parser("guests", help="list the built-in guest programs")
     build = commands.add_parser("build-guest", help="build a built-in guest and print its image path")
@@ -74,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vmkit.guest import program_names
             print("\n".join(program_names()))
             return 0
+        if args.command == "image":
+            return image_command(args)
         if args.command == "build-guest":
             from vmkit.guest import build_guest
             print(build_guest(args.name, args.variant))
@@ -86,6 +102,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class VmkitStartError(Exception):
     """Anything that keeps the VM from starting, with a message for the user."""
+
+
+def image_command(args: argparse.Namespace) -> int:
+    from vmkit.images import store
+    from vmkit.images.builder import build_image
+    from vmkit.images.initramfs import InitramfsError
+    from vmkit.images.kernel import KernelBuildError
+
+    try:
+        if args.image_command == "build":
+            build_image(args.name, jobs=args.jobs, force=args.force,
+                        progress=lambda line: print(f"vmkit image: {line}", flush=True))
+        elif args.image_command == "list":
+            for image in store.list_images():
+                m = image.manifest
+                print(f"{image.name}\tLinux {m.get('kernel_release', '?')}\t"
+                      f"{image.size_bytes() / 2**20:.1f} MiB\tbuilt {m.get('built_at', '?')}\t{image.path}")
+        elif args.image_command == "rm":
+            store.remove(args.name)
+            print(f"removed image {args.name}")
+    except (store.ImageError, KernelBuildError, InitramfsError) as exc:
+        raise VmkitStartError(str(exc)) from None
+    return 0
 
 
 def _read_file(path: str, what: str) -> bytes:
@@ -120,20 +159,34 @@ def run_vm(args: argparse.Namespace) -> int:
 
     say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     try:
-        if args.kernel:
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if command and not args.image:
+            raise VmkitStartError(f"a command ({' '.join(command)}) runs only in a Linux image: use --image")
+        cmdline = args.cmdline
+        if args.image:
+            kernel, kernel_name, initrd, cmdline = _linux_image(args.image, cmdline, command)
+        elif args.kernel:
             kernel, kernel_name = _read_file(args.kernel, "kernel"), args.kernel
         else:
             kernel, kernel_name = _built_in_guest(args.guest or "hello")
-        initrd = _read_file(args.initrd, "initrd") if args.initrd else None
+        if args.initrd:
+            initrd = _read_file(args.initrd, "initrd")
+        elif not args.image:
+            initrd = None
         try:
             output = ConsoleOutput.for_target(args.console)
         except OSError as exc:
             raise VmkitStartError(f"--console: cannot open {args.console!r}: {exc.strerror}") from None
         if host.host_kind() == "pvm":
             say(host.PVM_NOTICE)
-        config = VmConfig(kernel=kernel, kernel_name=kernel_name, cmdline=args.cmdline, initrd=initrd,
+        if args.image:
+            marker = ExitMarker(output.write)
+            sink = marker.write
+        else:
+            marker, sink = None, output.write
+        config = VmConfig(kernel=kernel, kernel_name=kernel_name, cmdline=cmdline, initrd=initrd,
                           vcpus=args.cpus, memory_mib=args.memory, protocol=args.boot_protocol,
-                          pvm_workarounds=not args.no_pvm_workarounds, console_output=output.write,
+                          pvm_workarounds=not args.no_pvm_workarounds, console_output=sink,
                           devices=tuple(args.device))
         machine = build_machine(config)
     except (KvmError, BootError, ConfigError) as exc:
@@ -162,8 +215,47 @@ def run_vm(args: argparse.Namespace) -> int:
         output.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if marker is not None and marker.status is not None and result.kind in ("poweroff", "reset"):
+        say(f"vmkit: the command exited with status {marker.status}; {result.message}")
+        return marker.status
     say(f"vmkit: {result.message} (exit status {result.status})")
     return result.status
+
+
+class ExitMarker:
+    """Passes console output on, and picks out the init's "VMKIT_EXIT_STATUS=N" line."""
+
+    MARKER = b"VMKIT_EXIT_STATUS="
+
+    def __init__(self, forward) -> None:
+        self._forward = forward
+        self._line = bytearray()
+        self.status: int | None = None
+
+    def write(self, data: bytes) -> None:
+        self._forward(data)
+        for byte in data:
+            if byte == 0x0A:
+                line = bytes(self._line).strip()
+                if line.startswith(self.MARKER) and line[len(self.MARKER):].isdigit():
+                    self.status = int(line[len(self.MARKER):]) & 0xFF
+                self._line.clear()
+            elif len(self._line) < 256:
+                self._line.append(byte)
+
+
+def _linux_image(name: str, cmdline: str, command: list[str]) -> tuple[bytes, str, bytes, str]:
+    """Kernel, name, initramfs and command line for `--image NAME [-- COMMAND]`."""
+    from vmkit.images import store
+
+    try:
+        image = store.load(name)
+    except store.ImageError as exc:
+        raise VmkitStartError(str(exc)) from None
+    full = " ".join(part for part in ("console=ttyS0", cmdline) if part)
+    if command:
+        full += " -- " + " ".join(command)   # Linux hands what follows "--" to init as arguments
+    return image.kernel.read_bytes(), f"image {name}", image.initrd.read_bytes(), full
 
 
 def _stdin_usable() -> bool:

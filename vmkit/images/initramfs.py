@@ -1,0 +1,48 @@
+"""The initramfs: busybox-static, a few applet links, and vmkit's init, as an uncompressed cpio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vmkit.images.cpio import CpioWriter
+
+BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
+INIT_SCRIPT = Path(__file__).with_name("init.sh")
+# Links made at build time: on PVM hosts every system call the guest makes costs emulated
+# kernel work, so init does not run `busybox --install`. Other applets: `busybox NAME ...`.
+APPLETS = (
+    "sh", "mount", "umount", "poweroff", "reboot", "echo", "cat", "ls", "uname", "sleep", "true",
+    "false", "mkdir", "dmesg", "grep", "nproc", "free", "env", "printf", "test", "[", "head",
+    "tail", "wc", "date", "id", "hostname", "ps", "df", "sync",
+)
+
+
+class InitramfsError(RuntimeError):
+    """The initramfs cannot be built (busybox-static is missing or not static)."""
+
+
+def find_busybox() -> Path:
+    for candidate in BUSYBOX_PATHS:
+        path = Path(candidate)
+        if path.is_file():
+            data = path.read_bytes()
+            if b"ld-linux" in data[:4096] or b"/lib64/ld-" in data:
+                continue  # dynamically linked: useless in an initramfs without libc
+            return path
+    raise InitramfsError(
+        "a static busybox is needed for the initramfs: apt-get install busybox-static"
+    )
+
+
+def build_initramfs(busybox: Path | None = None) -> bytes:
+    busybox = busybox or find_busybox()
+    archive = CpioWriter()
+    for directory in ("bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "root", "usr", "usr/bin"):
+        archive.directory(directory)
+    archive.device("dev/console", 0o600, 5, 1)
+    archive.device("dev/null", 0o666, 1, 3)
+    archive.file("bin/busybox", busybox.read_bytes(), 0o755)
+    for applet in APPLETS:
+        archive.symlink(f"bin/{applet}", "busybox")
+    archive.file("init", INIT_SCRIPT.read_bytes(), 0o755)
+    return archive.finish()
