@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-pvm-workarounds", action="store_true",
                      help="on PVM hosts, do not add the Linux command-line switches vmkit adds")
     run.add_argument("--quiet", "-q", action="store_true", help="print nothing but the guest's output")
+    run.add_argument("--profile-guest", metavar="FILE",
+                     help="sample the vCPUs' RIP every 5 ms and write a per-symbol table to FILE at the end")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                      help="with --image: the command to run in the guest")
 
@@ -201,14 +203,23 @@ def run_vm(args: argparse.Namespace) -> int:
     for signum, (name, status) in stop_signals.items():
         previous[signum] = signal.signal(
             signum, lambda s, f, n=name, st=status: machine.stop(outcome.signalled(n, st)))
+    profiler = None
     try:
         machine.start()
+        if args.profile_guest:
+            from vmkit.vmm.guest_profiler import GuestProfiler
+            profiler = GuestProfiler()
+            machine.attach_profiler(profiler)
         if _stdin_usable():
             console_input.start()
         result = None
         while result is None:
             result = machine.wait(0.5)
     finally:
+        if profiler is not None:
+            from vmkit.vmm.guest_profiler import write_report
+            profiler.stop()
+            write_report(profiler, kernel, args.profile_guest)
         if console_input._thread.is_alive() or console_input._saved_tty is not None:
             console_input.stop()
         machine.close()

@@ -91,3 +91,4 @@ def test_decode_system_event_and_emulation_failure():
     raw = (ctypes.c_uint8 * 16).from_address(ctypes.addressof(internal) + 16)
     raw[0], raw[1], raw[2] = 2, 0x0F, 0x0B
     assert decode_exit(run) == EmulationFailure(b"\x0f\x0b")
+

@@ -97,6 +97,13 @@ def test_i8042_answers_probes_and_resets_on_0xfe():
     kbd.write(4, b"\x20")
     assert kbd.read(0, 1) == b"\x47"
     assert resets == []
+    assert kbd.read(4, 1)[0] & 0x10                  # not inhibited: no "keylock active"
+    kbd.write(4, b"\xa7")                            # disable AUX: the CTR says so
+    kbd.write(4, b"\x20")
+    assert kbd.read(0, 1)[0] & 0x20
+    kbd.write(4, b"\xa8")
+    kbd.write(4, b"\x20")
+    assert not kbd.read(0, 1)[0] & 0x20
     kbd.write(4, b"\xfe")
     assert resets == [1]
 

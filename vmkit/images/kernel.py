@@ -85,11 +85,16 @@ def _extract(source: Path, build_root: Path, progress: Progress) -> Path:
 
 
 def _verify_config(tree: Path) -> None:
-    config = (tree / ".config").read_text().splitlines()
-    wanted = [line for line in CONFIG_FRAGMENT.read_text().splitlines() if line.startswith("CONFIG_")]
-    dropped = [line for line in wanted if line not in config]
-    if dropped:
-        raise KernelBuildError("kernel options that did not take (unmet dependencies?): " + ", ".join(dropped))
+    """Every option of the fragment must have taken: set ones set, unset ones not set."""
+    config = set((tree / ".config").read_text().splitlines())
+    fragment = CONFIG_FRAGMENT.read_text().splitlines()
+    dropped = [line for line in fragment if line.startswith("CONFIG_") and line not in config]
+    forced = [line.split()[1] for line in fragment
+              if line.startswith("# CONFIG_") and line.endswith(" is not set") and f"{line.split()[1]}=y" in config]
+    if dropped or forced:
+        raise KernelBuildError(
+            "kernel options that did not take (unmet dependencies, or selected by others): "
+            + ", ".join(dropped + [f"{name} still set" for name in forced]))
 
 
 def build_kernel(build_root: Path, output: Path, jobs: int, progress: Progress) -> str:

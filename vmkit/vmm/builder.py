@@ -101,7 +101,8 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         for index in range(config.vcpus):
             vcpu = vm_fd.create_vcpu(index)
             vcpus.append(vcpu)
-            vcpu.set_cpuid2(vcpu_cpuid(supported_cpuid, index, config.vcpus))
+            vcpu.set_cpuid2(vcpu_cpuid(supported_cpuid, index, config.vcpus,
+                                       kvm_pv_features=not (on_pvm and config.pvm_workarounds)))
             vcpu.set_msrs(msrs)
         _set_boot_registers(vcpus[0], memory, boot)
 

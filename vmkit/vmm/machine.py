@@ -9,6 +9,7 @@ from vmkit.arch.x86.boot import BootPlan
 from vmkit.devices.bus import Bus
 from vmkit.kvm import Kvm, VmFd
 from vmkit.memory import GuestMemory
+from vmkit.vmm.guest_profiler import GuestProfiler
 from vmkit.vmm.outcome import Outcome
 from vmkit.vmm.state import Lifecycle, VmState
 from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner, install_kick_handler
@@ -76,6 +77,17 @@ class Machine:
                 self.lifecycle.apply("stop")
         self.control.stop()
         self._kick_all()
+
+    def attach_profiler(self, profiler: GuestProfiler) -> None:
+        """Sample every vCPU's RIP until the machine ends (see vmm/guest_profiler.py)."""
+        for runner in self.runners:
+            runner.sample_sink = profiler.record
+
+        def request() -> None:
+            for runner in self.runners:
+                runner.sample_requested = True
+
+        profiler.start(self._kick_all, request)
 
     def wait(self, timeout: float | None = None) -> Outcome | None:
         self._ended.wait(timeout)

@@ -50,12 +50,14 @@ class VcpuRunner:
         self.emulate_int3 = emulate_int3
         self.thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.index}", daemon=True)
         self.exit_count = 0
+        self.sample_sink: Callable[[int], None] | None = None   # set by a guest profiler
+        self.sample_requested = False
         self._handlers: dict[type, Callable[[x.VcpuExit], bool]] = {
             x.IoOut: self._io_out,
             x.IoIn: self._io_in,
             x.MmioWrite: self._mmio_write,
             x.MmioRead: self._mmio_read,
-            x.Interrupted: lambda e: True,
+            x.Interrupted: self._interrupted,
             x.Shutdown: self._shutdown,
             x.SystemEvent: self._system_event,
             x.EmulationFailure: self._emulation_failure,
@@ -95,6 +97,12 @@ class VcpuRunner:
             self.control.runner_exited(self.vcpu.index)
 
     # --- handlers: return False to leave the loop ------------------------------
+    def _interrupted(self, e: x.Interrupted) -> bool:  # type: ignore[override]
+        if self.sample_requested and self.sample_sink is not None:
+            self.sample_requested = False
+            self.sample_sink(self.vcpu.get_regs().rip)
+        return True
+
     def _io_out(self, e: x.IoOut) -> bool:  # type: ignore[override]
         data = self.vcpu.io_data(e.data_offset, e.size * e.count)
         write = self.pio.write

@@ -14,11 +14,19 @@ def _bits_for(count: int) -> int:
     return max(count - 1, 0).bit_length()
 
 
-def vcpu_cpuid(supported: Cpuid2, cpu_index: int, num_cpus: int) -> Cpuid2:
+KVM_CPUID_FEATURES = 0x40000001
+# kvmclock (KVM_FEATURE_CLOCKSOURCE, CLOCKSOURCE2, CLOCKSOURCE_STABLE_BIT) is read from shared
+# memory and needs no hypercall; it is what lets a guest know its TSC frequency.
+KVM_CLOCK_FEATURES = (1 << 0) | (1 << 3) | (1 << 24)
+
+
+def vcpu_cpuid(supported: Cpuid2, cpu_index: int, num_cpus: int, *, kvm_pv_features: bool = True) -> Cpuid2:
     """A copy of `supported` patched for vCPU `cpu_index` of a `num_cpus` guest.
 
     Topology: one package with `num_cpus` cores, one thread each; APIC ID = index.
-    Performance monitoring (leaf 0xA) is hidden, as vmkit offers no vPMU.
+    Performance monitoring (leaf 0xA) is hidden, as vmkit offers no vPMU. With
+    kvm_pv_features=False the KVM paravirtual features that work through hypercalls (leaf
+    0x40000001) are hidden too; kvmclock stays.
     """
     cpuid = Cpuid2()
     ctypes.memmove(ctypes.addressof(cpuid), ctypes.addressof(supported), ctypes.sizeof(Cpuid2))
@@ -41,4 +49,7 @@ def vcpu_cpuid(supported: Cpuid2, cpu_index: int, num_cpus: int) -> Cpuid2:
                 e.eax, e.ebx, e.ecx = 0, 0, e.index
         elif e.function == 0xA:
             e.eax = e.ebx = e.ecx = e.edx = 0
+        elif e.function == KVM_CPUID_FEATURES and not kvm_pv_features:
+            e.eax &= KVM_CLOCK_FEATURES   # keep kvmclock; no PV EOI, spinlock kicks, IPIs, yields
+            e.edx = 0
     return cpuid

@@ -11,6 +11,10 @@ COMMAND_PORT_OFFSET = 4  # 0x64
 STATUS_OUTPUT_FULL = 0x01
 STATUS_SYSTEM_FLAG = 0x04
 STATUS_COMMAND = 0x08
+STATUS_NOT_INHIBITED = 0x10   # the keyboard is not locked
+
+CTR_KBD_DISABLED = 0x10
+CTR_AUX_DISABLED = 0x20
 
 CMD_READ_CTR = 0x20
 CMD_WRITE_CTR = 0x60
@@ -34,7 +38,7 @@ class I8042:
         self._on_reset = on_reset
         self._lock = threading.Lock()
         self.ctr = 0x00
-        self.status = STATUS_SYSTEM_FLAG
+        self.status = STATUS_SYSTEM_FLAG | STATUS_NOT_INHIBITED
         self._output: int | None = None
         self._pending_write: int | None = None
 
@@ -71,6 +75,10 @@ class I8042:
             self._output = self.ctr
         elif command in (CMD_WRITE_CTR, CMD_WRITE_OUTPUT_PORT):
             self._pending_write = command
+        elif command in (CMD_DISABLE_AUX, CMD_ENABLE_AUX):
+            self.ctr = self.ctr | CTR_AUX_DISABLED if command == CMD_DISABLE_AUX else self.ctr & ~CTR_AUX_DISABLED
+        elif command in (CMD_DISABLE_KBD, CMD_ENABLE_KBD):
+            self.ctr = self.ctr | CTR_KBD_DISABLED if command == CMD_DISABLE_KBD else self.ctr & ~CTR_KBD_DISABLED
         elif command == CMD_SELF_TEST:
             self._output = 0x55
         elif command in (CMD_TEST_KBD, CMD_TEST_AUX):
