@@ -155,7 +155,7 @@ def run_vm(args: argparse.Namespace) -> int:
     from vmkit.arch.x86.errors import BootError
     from vmkit.kvm.errors import KvmError
     from vmkit.vmm import host, outcome
-    from vmkit.vmm.builder import build_machine
+    from vmkit.vmm.builder import build_machine, is_linux
     from vmkit.vmm.config import ConfigError, VmConfig
     from vmkit.vmm.console import ConsoleInput, ConsoleOutput
 
@@ -181,6 +181,12 @@ def run_vm(args: argparse.Namespace) -> int:
             raise VmkitStartError(f"--console: cannot open {args.console!r}: {exc.strerror}") from None
         if host.host_kind() == "pvm":
             say(host.PVM_NOTICE)
+            if not args.no_pvm_workarounds and is_linux(kernel):
+                say("vmkit: Linux runs in KVM's instruction emulator here: expect minutes, not milliseconds")
+                if syscall_reaches_ring0() is False:
+                    say("vmkit: warning: on this host `syscall` from guest ring 3 does not enter ring 0 "
+                        "(PVM's paravirtual convention), so a stock Linux kernel boots but its userspace "
+                        "is killed at the first system call")
         if args.image:
             marker = ExitMarker(output.write)
             sink = marker.write
@@ -267,6 +273,27 @@ def _linux_image(name: str, cmdline: str, command: list[str]) -> tuple[bytes, st
     if command:
         full += " -- " + " ".join(command)   # Linux hands what follows "--" to init as arguments
     return image.kernel.read_bytes(), f"image {name}", image.initrd.read_bytes(), full
+
+
+def syscall_reaches_ring0() -> bool | None:
+    """Boot the guest kit's syscall_probe once: does `syscall` from ring 3 enter ring 0 here?
+    None when the probe cannot run (no compiler for the guest kit, or the VM failed)."""
+    from vmkit.guest import GuestBuildError, build_guest
+    from vmkit.vmm.builder import build_machine
+    from vmkit.vmm.config import VmConfig
+
+    output = bytearray()
+    try:
+        with build_machine(VmConfig(kernel=build_guest("syscall_probe").read_bytes(), memory_mib=8,
+                                    console_output=output.extend)) as probe:
+            probe.start()
+            probe.wait(10)
+    except (GuestBuildError, OSError):
+        return None
+    text = output.decode(errors="replace")
+    if "RESULT syscall_enters_ring0=" not in text:
+        return None
+    return "RESULT syscall_enters_ring0=1" in text
 
 
 def _stdin_usable() -> bool:

@@ -67,3 +67,19 @@ def test_tsc_clock_agrees_with_the_host_clock(spawn):
     assert 100_000_000 < hz < 10_000_000_000
     elapsed = lines["SPIN END"] - lines["SPIN START"]
     assert 0.3 < elapsed < 3.0, elapsed
+
+
+def test_syscall_probe_reports_the_hosts_syscall_convention(boot):
+    """Hardware KVM enters ring 0 on `syscall`; the PVM host keeps the guest in ring 3 (CS 0x33)."""
+    from tests.conftest import ON_PVM
+
+    results = boot("syscall_probe").results()
+    assert results["syscall_enters_ring0"] == ("0" if ON_PVM else "1")
+    assert int(results["syscall_entry_cs"], 16) & 3 == (3 if ON_PVM else 0)
+
+
+def test_vmkit_probes_the_syscall_convention_itself():
+    from tests.conftest import ON_PVM
+    from vmkit.cli import syscall_reaches_ring0
+
+    assert syscall_reaches_ring0() is (not ON_PVM)

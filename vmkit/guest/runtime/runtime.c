@@ -80,6 +80,15 @@ u64 gate_call(u64 op, u64 a, u64 b) {
         return 0;
     }
     case GATE_RING0_INT3: __asm__ volatile("int3"); return breakpoints;
+    case GATE_ENABLE_SYSCALL: {                     /* a: the LSTAR entry point */
+        u32 lo, hi;
+        __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0xC0000080));
+        __asm__ volatile("wrmsr" :: "c"(0xC0000080), "a"(lo | 1), "d"(hi));        /* EFER.SCE */
+        __asm__ volatile("wrmsr" :: "c"(0xC0000081), "a"(0), "d"(0x00100008));    /* STAR */
+        __asm__ volatile("wrmsr" :: "c"(0xC0000082), "a"((u32)a), "d"((u32)(a >> 32)));
+        __asm__ volatile("wrmsr" :: "c"(0xC0000084), "a"(0x700), "d"(0));         /* FMASK */
+        return 0;
+    }
     case GATE_RING0_POPCNT: { u64 r; __asm__ volatile("popcnt %1, %0" : "=r"(r) : "r"(a)); return r; }
     }
     return (u64)-1;
