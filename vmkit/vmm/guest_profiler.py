@@ -54,7 +54,10 @@ class GuestProfiler:
 
 
 def elf_symbols(data: bytes) -> list[tuple[int, str]]:
-    """(address, name) of the function symbols in an ELF64 file's .symtab, sorted; [] if none."""
+    """(address, name) of the code symbols in an ELF64 file's .symtab, sorted; [] if none.
+
+    Functions, and global labels without a type (assembly entry points such as entry_SYSCALL_64).
+    """
     if data[:4] != b"\x7fELF" or data[4] != 2:
         return []
     shoff, = struct.unpack_from("<Q", data, 0x28)
@@ -67,7 +70,8 @@ def elf_symbols(data: bytes) -> list[tuple[int, str]]:
         str_offset = sections[link][4]
         for pos in range(offset, offset + size, entsize):
             name_at, info, _, _, value, _ = struct.unpack_from("<IBBHQQ", data, pos)
-            if info & 0xF == 2 and value:                    # STT_FUNC
+            kind, binding = info & 0xF, info >> 4
+            if value and (kind == 2 or (kind == 0 and binding == 1)):   # STT_FUNC, or global STT_NOTYPE
                 end = data.index(b"\0", str_offset + name_at)
                 symbols.append((value, data[str_offset + name_at : end].decode(errors="replace")))
     return sorted(symbols)
