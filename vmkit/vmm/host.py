@@ -37,7 +37,12 @@ def host_kind(sys_module: str = "/sys/module") -> HostKind:
 
 
 def linux_cmdline_for_pvm(cmdline: str) -> str:
-    """Add the PVM switches to a Linux command line, unless the user already set them."""
-    present = {arg.split("=")[0] for arg in cmdline.split()}
+    """Add the PVM switches to a Linux command line, unless the user already set them.
+
+    They go before a " -- ": what follows it is handed to init as arguments.
+    """
+    kernel_part, separator, init_part = f" {cmdline} ".partition(" -- ")
+    present = {arg.split("=")[0] for arg in kernel_part.split()}
     extra = [arg for arg in LINUX_PVM_ARGS.split() if arg.split("=")[0] not in present]
-    return " ".join([cmdline, *extra]).strip()
+    kernel_args = " ".join([kernel_part.strip(), *extra]).strip()
+    return f"{kernel_args} -- {init_part.strip()}".strip() if separator else kernel_args
