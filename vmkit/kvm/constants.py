@@ -33,10 +33,8 @@ KVM_GET_REGS = ior(0x81, ctypes.sizeof(s.Regs))
 KVM_SET_REGS = iow(0x82, ctypes.sizeof(s.Regs))
 KVM_GET_SREGS = ior(0x83, ctypes.sizeof(s.Sregs))
 KVM_SET_SREGS = iow(0x84, ctypes.sizeof(s.Sregs))
-KVM_GET_MSRS = iowr(0x88, 8)
 KVM_SET_MSRS = iow(0x89, 8)
 KVM_SET_CPUID2 = iow(0x90, 8)
-KVM_GET_MP_STATE = ior(0x98, ctypes.sizeof(s.MpState))
 KVM_GET_VCPU_EVENTS = ior(0x9F, ctypes.sizeof(s.VcpuEvents))
 KVM_SET_VCPU_EVENTS = iow(0xA0, ctypes.sizeof(s.VcpuEvents))
 
@@ -82,8 +80,5 @@ INTERNAL_ERROR_FLAG_INSTRUCTION_BYTES = 1
 SYSTEM_EVENT_SHUTDOWN = 1
 SYSTEM_EVENT_RESET = 2
 SYSTEM_EVENT_CRASH = 3
-
-MP_STATE_RUNNABLE = 0
-MP_STATE_UNINITIALIZED = 1
 
 PIT_SPEAKER_DUMMY = 1

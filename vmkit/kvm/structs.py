@@ -148,10 +148,6 @@ class Msi(ctypes.Structure):
                 ("devid", u32), ("pad", u8 * 12)]
 
 
-class MpState(ctypes.Structure):
-    _fields_ = [("mp_state", u32)]
-
-
 # --- struct kvm_run: the shared page a vCPU's exits are reported in --------
 
 

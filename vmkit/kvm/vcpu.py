@@ -11,7 +11,7 @@ from vmkit.kvm import constants as c
 from vmkit.kvm.errors import KvmError
 from vmkit.kvm.exits import Interrupted, VcpuExit, decode_exit
 from vmkit.kvm.ioctl import raw_ioctl
-from vmkit.kvm.structs import Cpuid2, KvmRun, MpState, MsrEntry, Regs, Sregs, VcpuEvents, msrs_struct
+from vmkit.kvm.structs import Cpuid2, KvmRun, MsrEntry, Regs, Sregs, VcpuEvents, msrs_struct
 
 _INTERRUPTED = Interrupted()
 
@@ -63,14 +63,6 @@ class VcpuFd:
             bad = list(values)[written]
             raise KvmError(f"KVM_SET_MSRS (vCPU {self.index})", 0, f"MSR {bad:#x} was refused")
 
-    def get_msrs(self, indices: list[int]) -> dict[int, int]:
-        msrs = msrs_struct(len(indices))()
-        msrs.nmsrs = len(indices)
-        for i, index in enumerate(indices):
-            msrs.entries[i].index = index
-        read = self._call("KVM_GET_MSRS", c.KVM_GET_MSRS, msrs)
-        return {msrs.entries[i].index: msrs.entries[i].data for i in range(read)}
-
     def get_vcpu_events(self) -> VcpuEvents:
         events = VcpuEvents()
         self._call("KVM_GET_VCPU_EVENTS", c.KVM_GET_VCPU_EVENTS, events)
@@ -78,11 +70,6 @@ class VcpuFd:
 
     def set_vcpu_events(self, events: VcpuEvents) -> None:
         self._call("KVM_SET_VCPU_EVENTS", c.KVM_SET_VCPU_EVENTS, events)
-
-    def get_mp_state(self) -> int:
-        state = MpState()
-        self._call("KVM_GET_MP_STATE", c.KVM_GET_MP_STATE, state)
-        return state.mp_state
 
     # --- running -----------------------------------------------------------
     def run(self) -> VcpuExit:
