@@ -36,3 +36,20 @@ def test_many_vms_at_once(machine_factory):
         result = machine.wait(60)
         assert result is not None and result.status == 1
         assert "RESULT cpus_online=2" in console.text
+
+
+def test_a_bar_moved_over_another_device_is_left_unmapped(machine_factory):
+    import struct
+
+    from vmkit.arch.x86 import layout
+
+    machine, _ = machine_factory("hello", devices=("virtio-rng",))
+    function = machine.devices["pci"].functions[1]
+    ecam = machine.buses.mmio.find(layout.PCI_ECAM_ADDR).device
+    function.config.write(0x10, struct.pack("<I", layout.PCI_ECAM_ADDR))   # onto ECAM: refused
+    assert machine.buses.mmio.find(layout.PCI_ECAM_ADDR).device is ecam
+    assert machine.buses.mmio.find(layout.PCI_MMIO_BASE + 0x10000) is None
+    function.config.write(0x10, struct.pack("<I", 0xC8000000))             # somewhere free: mapped
+    assert machine.buses.mmio.find(0xC8000000).device is function.bar
+    machine.start()
+    assert machine.wait(30).status == 1                                     # the VM is fine

@@ -15,7 +15,7 @@ from vmkit.arch.x86 import acpi, cpu_state, layout
 from vmkit.arch.x86.boot import BootPlan, detect_kind, load_guest
 from vmkit.arch.x86.cpuid import vcpu_cpuid
 from vmkit.arch.x86.msrs import boot_msrs
-from vmkit.devices.bus import Bus
+from vmkit.devices.bus import Bus, BusError
 from vmkit.devices.legacy.acpi_power import AcpiPower
 from vmkit.devices.legacy.debug_exit import DebugConsole, DebugExit
 from vmkit.devices.legacy.i8042 import I8042
@@ -143,8 +143,15 @@ def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mm
         mmio.insert(function.bar, bar, BAR_SIZE)
 
         def moved(index: int, old: int, new: int, function: VirtioPciDevice = function) -> None:
-            mmio.remove(function.bar, old)
-            mmio.insert(function.bar, new, BAR_SIZE)
+            """Follow the guest's BAR writes; a BAR placed over another device stays unmapped."""
+            try:
+                mmio.remove(function.bar, old)
+            except BusError:
+                pass                       # it was not mapped: an earlier move collided
+            try:
+                mmio.insert(function.bar, new, BAR_SIZE)
+            except BusError:
+                pass                       # overlaps another device: unmapped until moved again
 
         function.config.on_bar_moved = moved
     return root
