@@ -53,3 +53,16 @@ def test_a_bar_moved_over_another_device_is_left_unmapped(machine_factory):
     assert machine.buses.mmio.find(0xC8000000).device is function.bar
     machine.start()
     assert machine.wait(30).status == 1                                     # the VM is fine
+
+
+def test_an_msi_kvm_refuses_is_dropped(machine_factory):
+    import struct
+
+    machine, _ = machine_factory("hello", devices=("virtio-rng",))
+    function = machine.devices["pci"].functions[1]
+    function.msix.write_table(0, struct.pack("<IIII", 0x12345678, 0, 0x41, 0))   # not an APIC address
+    control = function._msix_cap + 2
+    function.config.write(control, struct.pack("<H", 0x8000))                     # MSI-X enabled
+    assert function.msix.notify(0)                                                # refused by KVM, dropped
+    machine.start()
+    assert machine.wait(30).status == 1

@@ -22,7 +22,7 @@ from vmkit.devices.legacy.i8042 import I8042
 from vmkit.devices.legacy.rtc import CmosRtc
 from vmkit.devices.legacy.serial import Serial16550
 from vmkit.devices.pci.root import ECAM_BUS_SIZE, HostBridge, PciConfigIo, PciConfigMmio, PciRoot
-from vmkit.kvm import Kvm, VcpuFd, VmFd
+from vmkit.kvm import Kvm, KvmError, VcpuFd, VmFd
 from vmkit.memory import GuestMemory
 from vmkit.vmm import host, outcome
 from vmkit.vmm.config import VmConfig
@@ -134,11 +134,18 @@ def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mm
     from vmkit.devices.virtio.pci_transport import BAR_SIZE, VirtioPciDevice
     from vmkit.devices.virtio.rng import VirtioRng
 
+    def signal_msi(address: int, data: int) -> None:
+        """Deliver an MSI the guest programmed; one KVM refuses (a bad address) is dropped."""
+        try:
+            vm_fd.signal_msi(address, data)
+        except KvmError:
+            pass
+
     for name in config.devices:
         slot = len(root.functions)
         bar = layout.PCI_MMIO_BASE + slot * layout.PCI_MMIO_STRIDE
         if name == "virtio-rng":
-            function = VirtioPciDevice(VirtioRng(), memory, bar, vm_fd.signal_msi)
+            function = VirtioPciDevice(VirtioRng(), memory, bar, signal_msi)
         root.add(function, slot)
         mmio.insert(function.bar, bar, BAR_SIZE)
 
