@@ -18,7 +18,9 @@ from vmkit.cli import syscall_reaches_ring0
 from vmkit.images import store
 from vmkit.vmm.guest_profiler import elf_symbols
 
-pytestmark = pytest.mark.slow
+# A cold image build (extract, configure, compile) takes several minutes on 2 cores: more than the
+# suite's default per-test limit, which also covers fixture set-up.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 BOOT_TIMEOUT_S = 900
 
 
