@@ -7,7 +7,7 @@ from pathlib import Path
 import vmkit
 
 PACKAGE = Path(vmkit.__file__).parent
-RANK = {"kvm": 0, "memory": 1, "arch": 2, "devices": 2, "vmm": 3, "guest": 3, "images": 3, "cli": 4,
+RANK = {"cache": 0, "kvm": 0, "memory": 1, "arch": 2, "devices": 2, "vmm": 3, "guest": 3, "images": 3, "cli": 4,
         "__main__": 4}
 CORE = {"kvm", "memory", "arch", "devices", "vmm"}
 

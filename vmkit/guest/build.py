@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from vmkit.cache import cache_root
+
 SOURCE_DIR = Path(__file__).parent
 RUNTIME_DIR = SOURCE_DIR / "runtime"
 PROGRAM_DIR = SOURCE_DIR / "programs"
@@ -36,10 +38,8 @@ def program_names() -> list[str]:
     return sorted(p.stem for p in PROGRAM_DIR.glob("*.c"))
 
 
-def cache_root() -> Path:
-    base = os.environ.get("VMKIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vmkit")
-    return Path(base) / "guest"
+def guest_cache() -> Path:
+    return cache_root() / "guest"
 
 
 def _compiler() -> str:
@@ -67,7 +67,7 @@ def build_guest(name: str, variant: Variant = "pvh") -> Path:
     if name not in program_names():
         raise GuestBuildError(f"no guest program {name!r}; there are: {', '.join(program_names())}")
     cc = _compiler()
-    out_dir = cache_root() / _digest(cc)
+    out_dir = guest_cache() / _digest(cc)
     suffix = ".elf" if variant == "pvh" else "-vmlinux.elf"
     target = out_dir / f"{name}{suffix}"
     if target.exists():

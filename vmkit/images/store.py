@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import NamedTuple
+
+from vmkit.cache import cache_root
 
 KERNEL_FILE = "vmlinux"
 INITRD_FILE = "initramfs.cpio"
@@ -32,12 +33,6 @@ class Image(NamedTuple):
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
-
-
-def cache_root() -> Path:
-    base = os.environ.get("VMKIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vmkit")
-    return Path(base)
 
 
 def images_dir() -> Path:
