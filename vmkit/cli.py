@@ -164,7 +164,7 @@ def run_vm(args: argparse.Namespace) -> int:
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if command and not args.image:
             raise VmkitStartError(f"a command ({' '.join(command)}) runs only in a Linux image: use --image")
-        cmdline = args.cmdline
+        cmdline, initrd = args.cmdline, None
         if args.image:
             kernel, kernel_name, initrd, cmdline = _linux_image(args.image, cmdline, command)
         elif args.kernel:
@@ -172,9 +172,7 @@ def run_vm(args: argparse.Namespace) -> int:
         else:
             kernel, kernel_name = _built_in_guest(args.guest or "hello")
         if args.initrd:
-            initrd = _read_file(args.initrd, "initrd")
-        elif not args.image:
-            initrd = None
+            initrd = _read_file(args.initrd, "initrd")   # --initrd replaces an image's initramfs
         try:
             output = ConsoleOutput.for_target(args.console)
         except OSError as exc:
@@ -197,9 +195,10 @@ def run_vm(args: argparse.Namespace) -> int:
                           pvm_workarounds=not args.no_pvm_workarounds, console_output=sink,
                           devices=tuple(args.device))
         machine = build_machine(config)
-    except (KvmError, BootError, ConfigError) as exc:
-        raise VmkitStartError(f"{kernel_name if 'kernel_name' in locals() else 'VM'}: {exc}"
-                              if isinstance(exc, BootError) else str(exc)) from None
+    except BootError as exc:              # only build_machine raises these: kernel_name is set
+        raise VmkitStartError(f"{kernel_name}: {exc}") from None
+    except (KvmError, ConfigError) as exc:
+        raise VmkitStartError(str(exc)) from None
 
     console_input = ConsoleInput(machine.devices["serial0"].receive,  # type: ignore[attr-defined]
                                  lambda: machine.stop(outcome.QUIT))
@@ -226,8 +225,7 @@ def run_vm(args: argparse.Namespace) -> int:
             from vmkit.vmm.guest_profiler import write_report
             profiler.stop()
             write_report(profiler, kernel, args.profile_guest)
-        if console_input._thread.is_alive() or console_input._saved_tty is not None:
-            console_input.stop()
+        console_input.stop()
         machine.close()
         output.close()
         for signum, handler in previous.items():

@@ -135,3 +135,27 @@ def test_debug_console_passes_bytes_and_identifies_itself():
     con = DebugConsole(out.extend)
     con.write(0, b"A")
     assert out == b"A" and con.read(0, 1) == b"\xe9"
+
+
+def test_console_input_stops_cleanly_whether_or_not_it_started():
+    import os
+    import time
+
+    from vmkit.vmm.console import ConsoleInput
+
+    read_end, write_end = os.pipe()
+    never_started = ConsoleInput(lambda data: len(data), lambda: None, fd=read_end)
+    never_started.stop()
+    never_started.stop()                                   # twice is harmless
+    got = []
+    running = ConsoleInput(lambda data: got.append(data) or len(data), lambda: None, fd=read_end)
+    running.start()
+    os.write(write_end, b"abc")
+    for _ in range(100):
+        if got:
+            break
+        time.sleep(0.01)
+    running.stop()
+    assert b"".join(got) == b"abc" and not running._thread.is_alive()
+    os.close(read_end)
+    os.close(write_end)

@@ -79,13 +79,19 @@ class ConsoleInput:
         self._thread.start()
 
     def stop(self) -> None:
-        os.write(self._wake_w, b"x")
-        self._thread.join(1.0)
+        """End the reader, restore the terminal, release the wake-up pipe. Safe in any state:
+        never started, started, or stopped already."""
+        if self._wake_w < 0:
+            return
+        if self._thread.is_alive():
+            os.write(self._wake_w, b"x")
+            self._thread.join(1.0)
         if self._saved_tty is not None:
             termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved_tty)
             self._saved_tty = None
         os.close(self._wake_r)
         os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1
 
     def _loop(self) -> None:
         while True:
