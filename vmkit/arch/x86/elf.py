@@ -24,10 +24,10 @@ def is_elf(data: bytes) -> bool:
     return data[:4] == ELF_MAGIC
 
 
-def _parse_notes(data: bytes, offset: int, size: int, little: str) -> int | None:
+def _parse_notes(data: bytes, offset: int, size: int) -> int | None:
     pos, end = offset, offset + size
     while pos + 12 <= end:
-        namesz, descsz, note_type = struct.unpack_from(little + "III", data, pos)
+        namesz, descsz, note_type = struct.unpack_from("<III", data, pos)
         name_start = pos + 12
         desc_start = name_start + ((namesz + 3) & ~3)
         next_pos = desc_start + ((descsz + 3) & ~3)
@@ -35,7 +35,7 @@ def _parse_notes(data: bytes, offset: int, size: int, little: str) -> int | None
             raise KernelFormatError(f"ELF note at file offset {pos:#x} runs past its segment")
         name = data[name_start : name_start + namesz].rstrip(b"\0")
         if name == b"Xen" and note_type == XEN_ELFNOTE_PHYS32_ENTRY and descsz in (4, 8):
-            fmt = little + ("I" if descsz == 4 else "Q")
+            fmt = "<I" if descsz == 4 else "<Q"
             return struct.unpack_from(fmt, data, desc_start)[0] & 0xFFFFFFFF
         pos = next_pos
     return None
@@ -89,7 +89,7 @@ def program_headers(data: bytes) -> tuple[int, list[ProgramHeader]]:
 def find_pvh_entry(data: bytes, headers: list[ProgramHeader]) -> int | None:
     for header in headers:
         if header.type == PT_NOTE:
-            found = _parse_notes(data, header.offset, header.filesz, "<")
+            found = _parse_notes(data, header.offset, header.filesz)
             if found is not None:
                 return found
     return None
