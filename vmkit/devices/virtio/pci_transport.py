@@ -31,6 +31,18 @@ STATUS_FEATURES_OK, STATUS_NEEDS_RESET, STATUS_FAILED = 8, 0x40, 0x80
 ISR_QUEUE, ISR_CONFIG = 1, 2
 
 
+# virtio_pci_common_cfg, offsets 0x00..0x37: device/driver feature select and word, config MSI-X
+# vector, number of queues, device status, config generation, queue select, size, MSI-X vector,
+# enable, notify offset, and the three ring addresses.
+COMMON_LAYOUT = "<IIIIHHBBHHHHHQQQ"
+assert struct.calcsize(COMMON_LAYOUT) == 0x38
+
+
+def _feature_word(features: int, select: int) -> int:
+    """The 32-bit half of a 64-bit feature set that `select` (0 or 1) names; 0 beyond."""
+    return (features >> (32 * select)) & 0xFFFFFFFF if select < 2 else 0
+
+
 class VirtioDevice(Protocol):
     """What a device type provides to the transport."""
 
@@ -111,27 +123,15 @@ class VirtioPciDevice:
     # --- common configuration ------------------------------------------------
     def read_common(self, offset: int, size: int) -> bytes:
         q = self._queue
-        fields = {
-            0x00: ("I", self.device_feature_select),
-            0x04: ("I", (self.device.features >> (32 * self.device_feature_select)) & 0xFFFFFFFF
-                   if self.device_feature_select < 2 else 0),
-            0x08: ("I", self.driver_feature_select),
-            0x0C: ("I", (self.driver_features >> (32 * self.driver_feature_select)) & 0xFFFFFFFF
-                   if self.driver_feature_select < 2 else 0),
-            0x10: ("H", self.config_msix_vector),
-            0x12: ("H", len(self.queues)),
-            0x14: ("B", self.status),
-            0x15: ("B", 0),
-            0x16: ("H", self.queue_select),
-            0x18: ("H", q.size if q else 0),
-            0x1A: ("H", q.msix_vector if q else NO_VECTOR),
-            0x1C: ("H", int(q.ready) if q else 0),
-            0x1E: ("H", self.queue_select if q else 0),
-            0x20: ("Q", q.desc_table if q else 0),
-            0x28: ("Q", q.avail_ring if q else 0),
-            0x30: ("Q", q.used_ring if q else 0),
-        }
-        raw = b"".join(struct.pack("<" + fmt, value) for _, (fmt, value) in sorted(fields.items()))
+        raw = struct.pack(
+            COMMON_LAYOUT,
+            self.device_feature_select, _feature_word(self.device.features, self.device_feature_select),
+            self.driver_feature_select, _feature_word(self.driver_features, self.driver_feature_select),
+            self.config_msix_vector, len(self.queues), self.status, 0, self.queue_select,
+            q.size if q else 0, q.msix_vector if q else NO_VECTOR, int(q.ready) if q else 0,
+            self.queue_select if q else 0,
+            q.desc_table if q else 0, q.avail_ring if q else 0, q.used_ring if q else 0,
+        )
         return raw[offset : offset + size].ljust(size, b"\0")
 
     def write_common(self, offset: int, data: bytes) -> None:
