@@ -74,3 +74,27 @@ def test_power_register_device():
     dev.write(0, bytes([(5 << 2) | 0x20]))
     dev.write(2, bytes([acpi.RESET_VALUE]))
     assert events == ["off", "reset"]
+
+
+def test_dsdt_describes_com1_with_its_ports_and_irq():
+    dsdt = acpi.dsdt()
+    device = dsdt.index(acpi.AML_DEVICE)
+    length = dsdt[device + 2]
+    assert length < 0x40 and device + 2 + length == len(dsdt)         # one-byte PkgLength, to the end
+    body = dsdt[device + 3:]
+    assert body.startswith(b"\\\x2e_SB_COM1")                          # \_SB.COM1
+    assert b"_HID\x0c\x41\xd0\x05\x01" in body                         # EisaId ("PNP0501")
+    assert b"_UID\x00" in body
+    crs = body[body.index(b"_CRS") + 4:]
+    assert crs[0] == 0x11 and crs[2:4] == bytes([0x0A, 13])            # Buffer of 13 bytes
+    resources = crs[4:]
+    assert resources[:8] == bytes([0x47, 1, 0xF8, 0x03, 0xF8, 0x03, 1, 8])   # IO 0x3f8, 8 ports
+    assert resources[8:11] == bytes([0x22, 0x10, 0x00])                # IRQ 4, edge, active high
+    assert resources[11:] == bytes([0x79, 0])                          # end tag
+
+
+def test_aml_package_lengths():
+    assert acpi._pkg_length(bytes(0x3E)) == bytes([0x3F])
+    assert acpi._pkg_length(bytes(0x3F)) == bytes([0x41, 0x04])        # 0x41 = 0x3F + 2
+    assert acpi._pkg_length(bytes(0xFFD)) == bytes([0x4F, 0xFF])
+    assert acpi._pkg_length(bytes(0xFFE)) == bytes([0x81, 0x00, 0x01])  # 0x1001 in three bytes

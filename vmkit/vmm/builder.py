@@ -29,7 +29,6 @@ from vmkit.vmm.config import VmConfig
 from vmkit.vmm.machine import Buses, Machine
 from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner
 
-COM1_PORT, COM1_IRQ = 0x3F8, 4
 I8042_PORT = 0x60
 RTC_PORT = 0x70
 DEBUG_EXIT_PORT = 0xF4
@@ -77,7 +76,7 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
             machine_ref[0].end(reason)
 
         pio, mmio = Bus("pio"), Bus("mmio")
-        serial = Serial16550(config.console_output, lambda level: vm_fd.set_irq_line(COM1_IRQ, level))
+        serial = Serial16550(config.console_output, lambda level: vm_fd.set_irq_line(layout.COM1_IRQ, level))
         devices: dict[str, object] = {
             "serial0": serial,
             "i8042": I8042(lambda: end_vm(outcome.RESET)),
@@ -87,7 +86,7 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
             "acpi-power": AcpiPower(lambda: end_vm(outcome.POWEROFF), lambda: end_vm(outcome.RESET),
                                     acpi.RESET_VALUE),
         }
-        pio.insert(serial, COM1_PORT, 8)
+        pio.insert(serial, layout.COM1_PORT, 8)
         pio.insert(devices["i8042"], I8042_PORT, 5)  # type: ignore[arg-type]
         pio.insert(devices["rtc"], RTC_PORT, 2)  # type: ignore[arg-type]
         pio.insert(devices["debug-exit"], DEBUG_EXIT_PORT, 1)  # type: ignore[arg-type]
@@ -107,7 +106,7 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         _set_boot_registers(vcpus[0], memory, boot)
 
         control = RunControl(config.vcpus)
-        runners = [VcpuRunner(v, pio, mmio, end_vm, control, emulate_int3=on_pvm) for v in vcpus]
+        runners = [VcpuRunner(v, pio, mmio, end_vm, control, complete_unemulated=on_pvm) for v in vcpus]
         machine = Machine(kvm, vm_fd, memory, Buses(pio, mmio), runners, control, boot, devices)
         machine_ref.append(machine)
         return machine

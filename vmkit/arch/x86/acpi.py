@@ -1,4 +1,8 @@
-"""ACPI tables for a hardware-reduced platform: RSDP, XSDT, FADT, DSDT (with _S5_), MADT and MCFG.
+"""ACPI tables for a hardware-reduced platform: RSDP, XSDT, FADT, DSDT, MADT and MCFG.
+
+The DSDT holds the sleep type for power-off (_S5_) and the one legacy device with an interrupt,
+the COM1 UART: on a hardware-reduced platform Linux sets up no legacy (ISA) interrupts, so the
+UART's IRQ reaches it only through this description.
 
 Power-off and reset go through two I/O-port registers named in the FADT
 (the ACPI 5+ sleep control register and the reset register), served by
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import struct
 
-from vmkit.arch.x86.layout import ACPI_ADDR, IOAPIC_ADDR, LAPIC_ADDR, PCI_ECAM_ADDR
+from vmkit.arch.x86.layout import ACPI_ADDR, COM1_IRQ, COM1_PORT, IOAPIC_ADDR, LAPIC_ADDR, PCI_ECAM_ADDR
 from vmkit.memory import GuestMemory
 
 OEM_ID = b"VMKIT "
@@ -48,10 +52,48 @@ def _gas_io(port: int) -> bytes:
     return struct.pack("<BBBBQ", SPACE_SYSTEM_IO, 8, 0, 1, port)
 
 
+# AML opcodes and resource descriptors (ACPI 6.4, sections 20 and 6.4)
+AML_NAME, AML_BUFFER, AML_PACKAGE, AML_BYTE, AML_DWORD, AML_ZERO = 0x08, 0x11, 0x12, 0x0A, 0x0C, 0x00
+AML_DEVICE = b"\x5b\x82"
+AML_ROOT, AML_DUAL_NAME = b"\\", b"\x2e"
+RESOURCE_IO, RESOURCE_IRQ, RESOURCE_END = 0x47, 0x22, 0x79
+
+
+def _pkg_length(body: bytes) -> bytes:
+    """PkgLength (20.2.4): the length of itself and `body`, in one to three bytes."""
+    length = len(body) + 1
+    if length < 0x40:
+        return bytes([length])
+    length += 1
+    if length < 0x1000:
+        return bytes([0x40 | (length & 0xF), length >> 4])
+    length += 1
+    return bytes([0x80 | (length & 0xF), (length >> 4) & 0xFF, length >> 12])
+
+
+def _eisa_id(text: str) -> int:
+    """EISAID("PNP0501"): three letters in 5 bits each, then the product number, as a DWORD."""
+    letters = ((ord(text[0]) - 0x40) << 10) | ((ord(text[1]) - 0x40) << 5) | (ord(text[2]) - 0x40)
+    return int.from_bytes(struct.pack(">HH", letters, int(text[3:], 16)), "little")
+
+
+def _uart_device(name: bytes, port: int, irq: int) -> bytes:
+    """Device (\\_SB.name) { _HID PNP0501 (16550A), _UID 0, _CRS { IO (port, 8 bytes), IRQ } }."""
+    resources = (struct.pack("<BBHHBB", RESOURCE_IO, 1, port, port, 1, 8)   # 16-bit decode
+                 + struct.pack("<BH", RESOURCE_IRQ, 1 << irq)              # edge, active high
+                 + bytes([RESOURCE_END, 0]))
+    crs = bytes([AML_BYTE, len(resources)]) + resources
+    body = (AML_ROOT + AML_DUAL_NAME + b"_SB_" + name
+            + bytes([AML_NAME]) + b"_HID" + bytes([AML_DWORD]) + struct.pack("<I", _eisa_id("PNP0501"))
+            + bytes([AML_NAME]) + b"_UID" + bytes([AML_ZERO])
+            + bytes([AML_NAME]) + b"_CRS" + bytes([AML_BUFFER]) + _pkg_length(crs) + crs)
+    return AML_DEVICE + _pkg_length(body) + body
+
+
 def dsdt() -> bytes:
     # Name (_S5_, Package (4) { 5, 0, 0, 0 }): the sleep type a guest writes to power off.
-    s5 = b"\x08_S5_\x12\x07\x04\x0a" + bytes([S5_SLEEP_TYPE]) + b"\x00\x00\x00"
-    return _table(b"DSDT", 2, s5)
+    s5 = bytes([AML_NAME]) + b"_S5_" + bytes([AML_PACKAGE, 0x07, 0x04, AML_BYTE, S5_SLEEP_TYPE, 0, 0, 0])
+    return _table(b"DSDT", 2, s5 + _uart_device(b"COM1", COM1_PORT, COM1_IRQ))
 
 
 def fadt(dsdt_addr: int) -> bytes:

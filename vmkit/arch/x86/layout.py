@@ -18,6 +18,8 @@ ACPI_ADDR = 0xE0000         # RSDP, then the ACPI tables, up to 1 MiB
 HIGH_MEMORY_START = 0x100000  # kernels load at 1 MiB
 KERNEL_LOAD_ADDR = 0x100000
 
+COM1_PORT, COM1_IRQ = 0x3F8, 4   # the console UART, as on every PC; described in the ACPI DSDT
+
 PCI_MMIO_BASE = 0xC0000000  # BARs of PCI devices, 64 KiB apart, below 0xD0000000
 PCI_MMIO_STRIDE = 0x10000
 PCI_ECAM_ADDR = 0xE0000000  # ECAM for bus 0 (1 MiB), named in the ACPI MCFG table
