@@ -32,6 +32,8 @@ def test_triple_fault(vmkit):
 def test_ring0_int3_and_unsupported_instructions(vmkit):
     done = vmkit("run", "--guest", "ring0_insn")
     assert done.results()["breakpoints"] == "1"       # #BP delivered and resumed from
+    assert done.results()["x87_errors_idle"] == "0"   # fwait with nothing pending: a no-op
+    assert done.results()["x87_errors_pending"] == "1"  # fwait with an unmasked x87 error: #MF
     if ON_PVM:
         # popcnt in ring 0 cannot be emulated on PVM: a clear report, not a traceback.
         assert done.returncode == 6

@@ -23,6 +23,7 @@ def test_ioctl_numbers_match_the_kernel_headers():
     assert c.KVM_SET_SREGS == 0x4138AE84
     assert c.KVM_SET_CPUID2 == 0x4008AE90
     assert c.KVM_SET_VCPU_EVENTS == 0x4040AEA0
+    assert c.KVM_GET_FPU == 0x81A0AE8C
 
 
 def test_struct_sizes_match_the_kernel_abi():
@@ -30,6 +31,7 @@ def test_struct_sizes_match_the_kernel_abi():
     assert ctypes.sizeof(s.Sregs) == 312
     assert ctypes.sizeof(s.UserspaceMemoryRegion) == 32
     assert ctypes.sizeof(s.VcpuEvents) == 64
+    assert ctypes.sizeof(s.Fpu) == 416
     assert s.KvmRun.exit.offset == 32
 
 

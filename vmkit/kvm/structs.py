@@ -116,6 +116,24 @@ class IrqLevel(ctypes.Structure):
     _fields_ = [("irq", u32), ("level", u32)]
 
 
+class Fpu(ctypes.Structure):
+    """struct kvm_fpu: the x87 and SSE state (KVM_GET_FPU)."""
+
+    _fields_ = [
+        ("fpr", (u8 * 16) * 8),
+        ("fcw", u16),
+        ("fsw", u16),
+        ("ftwx", u8),
+        ("pad1", u8),
+        ("last_opcode", u16),
+        ("last_ip", u64),
+        ("last_dp", u64),
+        ("xmm", (u8 * 16) * 16),
+        ("mxcsr", u32),
+        ("pad2", u32),
+    ]
+
+
 class VcpuEvents(ctypes.Structure):
     _fields_ = [
         ("exception_injected", u8),

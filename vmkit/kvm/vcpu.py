@@ -11,7 +11,7 @@ from vmkit.kvm import constants as c
 from vmkit.kvm.errors import KvmError
 from vmkit.kvm.exits import Interrupted, VcpuExit, decode_exit
 from vmkit.kvm.ioctl import raw_ioctl
-from vmkit.kvm.structs import Cpuid2, KvmRun, MsrEntry, Regs, Sregs, VcpuEvents, msrs_struct
+from vmkit.kvm.structs import Cpuid2, Fpu, KvmRun, MsrEntry, Regs, Sregs, VcpuEvents, msrs_struct
 
 _INTERRUPTED = Interrupted()
 
@@ -49,6 +49,11 @@ class VcpuFd:
 
     def set_sregs(self, sregs: Sregs) -> None:
         self._call("KVM_SET_SREGS", c.KVM_SET_SREGS, sregs)
+
+    def get_fpu(self) -> Fpu:
+        fpu = Fpu()
+        self._call("KVM_GET_FPU", c.KVM_GET_FPU, fpu)
+        return fpu
 
     def set_cpuid2(self, cpuid: Cpuid2) -> None:
         self._call("KVM_SET_CPUID2", c.KVM_SET_CPUID2, cpuid)

@@ -14,14 +14,12 @@ from typing import TYPE_CHECKING
 from vmkit.kvm import exits as x
 from vmkit.kvm.errors import KvmError
 from vmkit.kvm.vcpu import VcpuFd
-from vmkit.vmm import outcome
-from vmkit.vmm.host import INT3
+from vmkit.vmm import outcome, unemulated
 
 if TYPE_CHECKING:
     from vmkit.devices.bus import Bus
 
 KICK_SIGNAL = signal.SIGUSR1
-BP_VECTOR = 3
 
 
 def install_kick_handler() -> None:
@@ -40,14 +38,14 @@ class VcpuRunner:
         mmio: Bus,
         end_vm: Callable[[outcome.Outcome], None],
         control: RunControl,
-        emulate_int3: bool,
+        complete_unemulated: bool,
     ) -> None:
         self.vcpu = vcpu
         self.pio = pio
         self.mmio = mmio
         self.end_vm = end_vm
         self.control = control
-        self.emulate_int3 = emulate_int3
+        self.complete_unemulated = complete_unemulated   # PVM hosts: see vmm/unemulated.py
         self.thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.index}", daemon=True)
         self.exit_count = 0
         self.sample_sink: Callable[[int], None] | None = None   # set by a guest profiler
@@ -143,21 +141,11 @@ class VcpuRunner:
         return False
 
     def _emulation_failure(self, e: x.EmulationFailure) -> bool:  # type: ignore[override]
-        regs = self.vcpu.get_regs()
-        if self.emulate_int3 and e.instruction_bytes[:1] == INT3:
-            # The emulator cannot run int3: do what the CPU would, deliver #BP after it.
-            regs.rip += 1
-            self.vcpu.set_regs(regs)
-            events = self.vcpu.get_vcpu_events()
-            events.exception_injected = 1
-            events.exception_nr = BP_VECTOR
-            events.exception_has_error_code = 0
-            events.exception_pending = 0
-            self.vcpu.set_vcpu_events(events)
+        if self.complete_unemulated and unemulated.complete(self.vcpu, e.instruction_bytes):
             return True
         shown = e.instruction_bytes.hex(" ") or "not reported"
         self.end_vm(outcome.error(
-            f"vCPU {self.vcpu.index}: KVM could not emulate the instruction at RIP {regs.rip:#x} "
+            f"vCPU {self.vcpu.index}: KVM could not emulate the instruction at RIP {self.vcpu.get_regs().rip:#x} "
             f"(bytes: {shown}); on a PVM host some instructions are unsupported in guest ring 0"
         ))
         return False

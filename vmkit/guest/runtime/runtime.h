@@ -68,7 +68,8 @@ static inline u32 mmio_read32(u64 addr) { return *(volatile u32 *)addr; }
 static inline void mmio_write32(u64 addr, u32 v) { *(volatile u32 *)addr = v; }
 
 /* Ring-0 services, reached with a `ud2` gate (see runtime.c). */
-enum gate_op { GATE_WAIT_IRQ = 1, GATE_TRIPLE_FAULT, GATE_RING0_INT3, GATE_RING0_POPCNT, GATE_ENABLE_SYSCALL };
+enum gate_op { GATE_WAIT_IRQ = 1, GATE_TRIPLE_FAULT, GATE_RING0_INT3, GATE_RING0_POPCNT, GATE_ENABLE_SYSCALL,
+               GATE_RING0_FWAIT };
 u64 gate(u64 op, u64 a, u64 b);
 
 /* ACPI: find a table by signature; power off through the FADT (returns only on failure). */
