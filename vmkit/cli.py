@@ -164,9 +164,9 @@ def run_vm(args: argparse.Namespace) -> int:
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if command and not args.image:
             raise VmkitStartError(f"a command ({' '.join(command)}) runs only in a Linux image: use --image")
-        cmdline, initrd = args.cmdline, None
+        cmdline, initrd, syscall_fixed = args.cmdline, None, False
         if args.image:
-            kernel, kernel_name, initrd, cmdline = _linux_image(args.image, cmdline, command)
+            kernel, kernel_name, initrd, cmdline, syscall_fixed = _linux_image(args.image, cmdline, command)
         elif args.kernel:
             kernel, kernel_name = _read_file(args.kernel, "kernel"), args.kernel
         else:
@@ -181,10 +181,11 @@ def run_vm(args: argparse.Namespace) -> int:
             say(host.PVM_NOTICE)
             if not args.no_pvm_workarounds and is_linux(kernel):
                 say("vmkit: Linux runs in KVM's instruction emulator here: expect minutes, not milliseconds")
-                if syscall_reaches_ring0() is False:
+                if not syscall_fixed and syscall_reaches_ring0() is False:
                     say("vmkit: warning: on this host `syscall` from guest ring 3 does not enter ring 0 "
                         "(PVM's paravirtual convention), so a stock Linux kernel boots but its userspace "
-                        "is killed at the first system call")
+                        "is killed at the first system call; the kernels of `vmkit image build` carry a "
+                        "patch for it")
         if args.image:
             marker = ExitMarker(output.write)
             sink = marker.write
@@ -259,9 +260,10 @@ class ExitMarker:
                 self._line.append(byte)
 
 
-def _linux_image(name: str, cmdline: str, command: list[str]) -> tuple[bytes, str, bytes, str]:
-    """Kernel, name, initramfs and command line for `--image NAME [-- COMMAND]`."""
-    from vmkit.images import store
+def _linux_image(name: str, cmdline: str, command: list[str]) -> tuple[bytes, str, bytes, str, bool]:
+    """Kernel, name, initramfs and command line for `--image NAME [-- COMMAND]`, and whether its
+    kernel makes system calls that `syscall` left in ring 3 (docs/linux-guests.md)."""
+    from vmkit.images import kernel, store
 
     try:
         image = store.load(name)
@@ -270,7 +272,8 @@ def _linux_image(name: str, cmdline: str, command: list[str]) -> tuple[bytes, st
     full = " ".join(part for part in ("console=ttyS0", cmdline) if part)
     if command:
         full += " -- " + " ".join(command)   # Linux hands what follows "--" to init as arguments
-    return image.kernel.read_bytes(), f"image {name}", image.initrd.read_bytes(), full
+    syscall_fixed = kernel.SYSCALL_PATCH in image.manifest.get("kernel_patches", ())
+    return image.kernel.read_bytes(), f"image {name}", image.initrd.read_bytes(), full, syscall_fixed
 
 
 def syscall_reaches_ring0() -> bool | None:

@@ -1,5 +1,6 @@
 """Image building blocks: the cpio writer, the initramfs, the image store and the exit marker."""
 
+import difflib
 import shutil
 import subprocess
 
@@ -79,3 +80,38 @@ def test_missing_build_tools_are_named_with_their_package(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda tool: None if tool in ("bc", "flex") else "/usr/bin/" + tool)
     with pytest.raises(kernel.KernelBuildError, match="apt-get install bc flex"):
         kernel.check_tools()
+
+
+def _diff(path: str, before: str, after: str) -> str:
+    return "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
+                                        f"a/{path}", f"b/{path}"))
+
+
+@pytest.mark.skipif(shutil.which("patch") is None, reason="patch is not installed")
+def test_kernel_patches_apply_once_and_follow_changes(tmp_path, monkeypatch):
+    tree, patches = tmp_path / "tree", tmp_path / "patches"
+    (tree / "mm").mkdir(parents=True)
+    patches.mkdir()
+    source = tree / "mm" / "fault.c"
+    original = "one\ntwo\nthree\n"
+    source.write_text(original)
+    monkeypatch.setattr(kernel, "PATCHES_DIR", patches)
+    applied: list[str] = []
+
+    (patches / "0001-two.patch").write_text(_diff("mm/fault.c", original, "one\nTWO\nthree\n"))
+    kernel._apply_patches(tree, applied.append)
+    kernel._apply_patches(tree, applied.append)            # already applied: nothing to do
+    assert source.read_text() == "one\nTWO\nthree\n"
+    assert applied == ["applying 0001-two.patch"]
+
+    (patches / "0001-two.patch").write_text(_diff("mm/fault.c", original, "one\n2\nthree\n"))
+    kernel._apply_patches(tree, applied.append)            # changed: the old one is reverted first
+    assert source.read_text() == "one\n2\nthree\n"
+
+    (patches / "0001-two.patch").unlink()
+    kernel._apply_patches(tree, applied.append)            # gone: reverted
+    assert source.read_text() == original
+
+    (patches / "0001-broken.patch").write_text(_diff("mm/fault.c", "no such\nlines\n", "at all\n"))
+    with pytest.raises(kernel.KernelBuildError, match="applying kernel patch 0001-broken.patch failed"):
+        kernel._apply_patches(tree, applied.append)

@@ -47,6 +47,7 @@ def build_image(name: str = "linux", *, jobs: int | None = None, force: bool = F
     progress("[2/2] initramfs (busybox-static and vmkit's init)")
     (path / store.INITRD_FILE).write_bytes(initramfs.build_initramfs())
     store.save_manifest(path, {"inputs": digest, "kind": name, "kernel_release": release,
+                               "kernel_patches": list(kernel.patches()),
                                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     progress(f"built image {name} (Linux {release}) in {time.monotonic() - started:.0f} s: {path}")
     return store.load(name)

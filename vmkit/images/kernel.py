@@ -1,8 +1,8 @@
 """Build vmkit's microVM kernel from Debian's linux-source package.
 
-Steps: extract the source tarball (once per source version), `make tinyconfig`, merge
-microvm.config, `make olddefconfig`, check every option took, `make vmlinux`. The
-result boots through PVH straight from the ELF vmlinux.
+Steps: extract the source tarball (once per source version), apply vmkit's patches (patches/),
+`make tinyconfig`, merge microvm.config, `make olddefconfig`, check every option took,
+`make vmlinux`. The result boots through PVH straight from the ELF vmlinux.
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 CONFIG_FRAGMENT = Path(__file__).with_name("microvm.config")
+PATCHES_DIR = Path(__file__).with_name("patches")
+APPLIED_PATCHES = ".vmkit-patches"     # in the source tree: a copy of each patch applied there
+# Makes the system calls of user programs on hosts where `syscall` does not leave ring 3 (PVM).
+SYSCALL_PATCH = "0001-x86-mm-finish-a-syscall-left-in-user-mode.patch"
 SOURCE_GLOB = "/usr/src/linux-source-*.tar.xz"
 REQUIRED_TOOLS = {"make": "make", "gcc": "gcc", "bc": "bc", "bison": "bison", "flex": "flex",
-                  "ld": "binutils"}
+                  "ld": "binutils", "patch": "patch"}
 REQUIRED_HEADERS = {"/usr/include/gelf.h": "libelf-dev"}
 
 Progress = Callable[[str], None]
@@ -44,12 +48,17 @@ def check_tools() -> None:
         raise KernelBuildError(f"building the kernel needs: apt-get install {' '.join(missing)}")
 
 
+def patches() -> dict[str, bytes]:
+    """vmkit's kernel patches by file name, in the order they apply."""
+    return {path.name: path.read_bytes() for path in sorted(PATCHES_DIR.glob("*.patch"))}
+
+
 def inputs_digest_parts(source: Path) -> list[bytes]:
-    """What the kernel depends on: the source package, the configuration, the compiler."""
+    """What the kernel depends on: the source package, the patches, the configuration, the compiler."""
     info = source.stat()
     gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout
-    return [f"{source.name}:{info.st_size}:{int(info.st_mtime)}".encode(), CONFIG_FRAGMENT.read_bytes(),
-            gcc.encode()]
+    return [f"{source.name}:{info.st_size}:{int(info.st_mtime)}".encode(), *patches().values(),
+            CONFIG_FRAGMENT.read_bytes(), gcc.encode()]
 
 
 def _run(command: list[str], cwd: Path, what: str, progress: Progress,
@@ -84,6 +93,34 @@ def _extract(source: Path, build_root: Path, progress: Progress) -> Path:
     return tree
 
 
+def _patch(tree: Path, name: str, text: bytes, *, reverse: bool) -> None:
+    command = ["patch", "-p1", "--batch", "--no-backup-if-mismatch", "--reject-file=-",
+               "--reverse" if reverse else "--forward"]
+    done = subprocess.run(command, cwd=tree, input=text, capture_output=True)
+    if done.returncode != 0:
+        what = "reverting" if reverse else "applying"
+        raise KernelBuildError(f"{what} kernel patch {name} failed:\n"
+                               + (done.stdout + done.stderr).decode(errors="replace"))
+
+
+def _apply_patches(tree: Path, progress: Progress) -> None:
+    """Bring the tree to exactly vmkit's current patches: revert the ones applied before that
+    changed or went away, apply the new ones. A copy of each applied patch is kept in the tree."""
+    wanted = patches()
+    record = tree / APPLIED_PATCHES
+    record.mkdir(exist_ok=True)
+    applied = {path.name: path.read_bytes() for path in sorted(record.glob("*.patch"))}
+    if applied == wanted:
+        return
+    for name in reversed(applied):
+        _patch(tree, name, applied[name], reverse=True)
+        (record / name).unlink()
+    for name, text in wanted.items():
+        progress(f"applying {name}")
+        _patch(tree, name, text, reverse=False)
+        (record / name).write_bytes(text)
+
+
 def _verify_config(tree: Path) -> None:
     """Every option of the fragment must have taken: set ones set, unset ones not set."""
     config = set((tree / ".config").read_text().splitlines())
@@ -102,6 +139,7 @@ def build_kernel(build_root: Path, output: Path, jobs: int, progress: Progress) 
     check_tools()
     source = find_source()
     tree = _extract(source, build_root, progress)
+    _apply_patches(tree, progress)
     progress("configuring: tinyconfig + vmkit microvm.config")
     _run(["make", "tinyconfig"], tree, "make tinyconfig", progress)
     _run(["scripts/kconfig/merge_config.sh", "-m", ".config", str(CONFIG_FRAGMENT)], tree, "merge_config", progress)
