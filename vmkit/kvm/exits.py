@@ -1,130 +1,88 @@
 """kvm_run decoded into typed exit objects.
 
 `decode_exit` turns the shared kvm_run page into one of the records below,
-so the run loop dispatches on types instead of on raw numbers.
+so the run loop dispatches on types instead of on raw numbers. The records are NamedTuples:
+one is built on every exit, and a tuple is the cheapest record Python builds.
 """
 
 from __future__ import annotations
 
 import ctypes
+from typing import NamedTuple
 
 from vmkit.kvm import constants as c
 from vmkit.kvm.structs import KvmRun
 
 
-class ExitRecord:
-    """A small immutable record: fields from __slots__, equal when type and fields match."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def __init__(self, *values: object) -> None:
-        if len(values) != len(self.__slots__):
-            raise TypeError(f"{type(self).__name__} takes {len(self.__slots__)} values, got {len(values)}")
-        for name, value in zip(self.__slots__, values, strict=True):
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
-
-    def _values(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._values() == self._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((type(self), self._values()))
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"{type(self).__name__}({fields})"
-
-
-class IoIn(ExitRecord):
+class IoIn(NamedTuple):
     """The guest read `size` bytes from `port`, `count` times (string I/O)."""
 
-    __slots__ = ('port', 'size', 'count', 'data_offset')
     port: int
     size: int
     count: int
     data_offset: int
 
 
-class IoOut(ExitRecord):
+class IoOut(NamedTuple):
     """The guest wrote `count` items of `size` bytes to `port`."""
 
-    __slots__ = ('port', 'size', 'count', 'data_offset')
     port: int
     size: int
     count: int
     data_offset: int
 
 
-class MmioRead(ExitRecord):
-    __slots__ = ('address', 'length')
+class MmioRead(NamedTuple):
     address: int
     length: int
 
 
-class MmioWrite(ExitRecord):
-    __slots__ = ('address', 'data')
+class MmioWrite(NamedTuple):
     address: int
     data: bytes
 
 
-class Hlt(ExitRecord):
+class Hlt(NamedTuple):
     """The guest halted (only seen without an in-kernel LAPIC)."""
 
-    __slots__ = ()
 
-
-class Shutdown(ExitRecord):
+class Shutdown(NamedTuple):
     """The guest triple-faulted (or otherwise shut the vCPU down)."""
 
-    __slots__ = ()
 
-
-class SystemEvent(ExitRecord):
+class SystemEvent(NamedTuple):
     """KVM_EXIT_SYSTEM_EVENT: kind is 'shutdown', 'reset', 'crash' or 'unknown'."""
 
-    __slots__ = ('kind', 'type_code')
     kind: str
     type_code: int
 
 
-class Interrupted(ExitRecord):
+class Interrupted(NamedTuple):
     """KVM_RUN returned because a signal or immediate_exit asked it to."""
 
-    __slots__ = ()
 
-
-class EmulationFailure(ExitRecord):
+class EmulationFailure(NamedTuple):
     """KVM could not emulate an instruction (common on PVM hosts)."""
 
-    __slots__ = ('instruction_bytes',)
     instruction_bytes: bytes
 
 
-class InternalError(ExitRecord):
-    __slots__ = ('suberror', 'data')
+class InternalError(NamedTuple):
     suberror: int
     data: tuple[int, ...]
 
 
-class FailEntry(ExitRecord):
-    __slots__ = ('reason', 'cpu')
+class FailEntry(NamedTuple):
     reason: int
     cpu: int
 
 
-class GuestException(ExitRecord):
-    __slots__ = ('vector', 'error_code')
+class GuestException(NamedTuple):
     vector: int
     error_code: int
 
 
-class UnhandledExit(ExitRecord):
-    __slots__ = ('reason',)
+class UnhandledExit(NamedTuple):
     reason: int
 
 
@@ -132,6 +90,28 @@ VcpuExit = (
     IoIn | IoOut | MmioRead | MmioWrite | Hlt | Shutdown | SystemEvent | Interrupted
     | EmulationFailure | InternalError | FailEntry | GuestException | UnhandledExit
 )
+
+
+
+def _same_exit(self: tuple, other: object) -> bool:
+    return type(other) is type(self) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+
+
+def _other_exit(self: tuple, other: object) -> bool:
+    return not _same_exit(self, other)
+
+
+def _exit_hash(self: tuple) -> int:
+    return hash((type(self), tuple(self)))
+
+
+def _is_an_exit(self: tuple) -> bool:
+    return True       # an exit with no fields is still an exit, not an empty (false) tuple
+
+
+# Exits compare equal only to exits of the same kind (plain tuples would make IoIn == IoOut).
+for _kind in VcpuExit.__args__:  # type: ignore[attr-defined]
+    _kind.__eq__, _kind.__ne__, _kind.__hash__, _kind.__bool__ = _same_exit, _other_exit, _exit_hash, _is_an_exit
 
 _SYSTEM_EVENT_KINDS = {
     c.SYSTEM_EVENT_SHUTDOWN: "shutdown",

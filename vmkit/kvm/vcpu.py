@@ -25,6 +25,7 @@ class VcpuFd:
         self._mmap = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._run_buffer = ctypes.c_char.from_buffer(self._mmap)
         self.run_page = KvmRun.from_buffer(self._mmap)
+        self._run_bytes = memoryview(self._mmap)
         self.run_address = ctypes.addressof(self._run_buffer)
 
     def _call(self, name: str, request: int, arg: object = 0) -> int:
@@ -89,7 +90,7 @@ class VcpuFd:
 
     def io_data(self, offset: int, length: int) -> memoryview:
         """The bytes of a port-I/O exit's data inside the kvm_run mapping."""
-        return memoryview(self._mmap)[offset : offset + length]
+        return self._run_bytes[offset : offset + length]
 
     def set_immediate_exit(self) -> None:
         """Make the next (or current, once kicked) KVM_RUN return at once."""
@@ -97,6 +98,7 @@ class VcpuFd:
 
     def close(self) -> None:
         if self.fd >= 0:
+            self._run_bytes.release()
             del self.run_page, self._run_buffer
             self._mmap.close()
             os.close(self.fd)
