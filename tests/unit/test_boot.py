@@ -73,7 +73,9 @@ def test_vmlinux_gets_boot_params_with_e820_and_an_rng_seed(memory, vmlinux_imag
     params = memory.read(layout.ZERO_PAGE_ADDR, 4096)
     assert params[0x202:0x206] == b"HdrS" and params[0x210] == 0xFF
     assert struct.unpack_from("<I", params, 0x228)[0] == layout.CMDLINE_ADDR
-    assert params[0x1E8] == 4
+    e820 = [struct.unpack_from("<QQI", params, 0x2D0 + 20 * i) for i in range(params[0x1E8])]
+    assert e820 == sorted(e820) and len(e820) == 5
+    assert (layout.PCI_ECAM_ADDR, layout.PCI_ECAM_SIZE, 2) in e820      # ECAM reserved, so Linux uses it
     rsdp = struct.unpack_from("<Q", params, 0x070)[0]
     assert memory.read(rsdp, 8) == b"RSD PTR "
     setup_data = struct.unpack_from("<Q", params, 0x250)[0]

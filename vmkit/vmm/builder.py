@@ -21,7 +21,7 @@ from vmkit.devices.legacy.debug_exit import DebugConsole, DebugExit
 from vmkit.devices.legacy.i8042 import I8042
 from vmkit.devices.legacy.rtc import CmosRtc
 from vmkit.devices.legacy.serial import Serial16550
-from vmkit.devices.pci.root import ECAM_BUS_SIZE, HostBridge, PciConfigIo, PciConfigMmio, PciRoot
+from vmkit.devices.pci.root import HostBridge, PciConfigIo, PciConfigMmio, PciRoot
 from vmkit.kvm import Kvm, KvmError, VcpuFd, VmFd
 from vmkit.memory import GuestMemory
 from vmkit.vmm import host, outcome
@@ -126,7 +126,7 @@ def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mm
     root = PciRoot()
     root.add(HostBridge(), slot=0)
     pio.insert(PciConfigIo(root), PCI_CONFIG_PORT, 8)
-    mmio.insert(PciConfigMmio(root), layout.PCI_ECAM_ADDR, ECAM_BUS_SIZE)
+    mmio.insert(PciConfigMmio(root), layout.PCI_ECAM_ADDR, layout.PCI_ECAM_SIZE)
     if not config.devices:
         return root
     # The virtio stack is imported only when a device asks for it: start-up pays for what it uses.

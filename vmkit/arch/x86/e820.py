@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from vmkit.arch.x86.layout import ACPI_ADDR, E820_RAM, E820_RESERVED, EBDA_START, HIGH_MEMORY_START
+from vmkit.arch.x86.layout import (
+    ACPI_ADDR,
+    E820_RAM,
+    E820_RESERVED,
+    EBDA_START,
+    HIGH_MEMORY_START,
+    PCI_ECAM_ADDR,
+    PCI_ECAM_SIZE,
+)
 from vmkit.memory import GuestMemory
 
 
@@ -15,7 +23,8 @@ class E820Entry(NamedTuple):
 
 
 def memory_map(memory: GuestMemory) -> list[E820Entry]:
-    """RAM below the EBDA; the EBDA and the ACPI area reserved; RAM from 1 MiB and above 4 GiB."""
+    """RAM below the EBDA; the EBDA and the ACPI area reserved; RAM from 1 MiB and above 4 GiB;
+    PCI's ECAM window reserved (Linux uses ECAM only where the firmware reserves it)."""
     entries: list[E820Entry] = []
     for region in memory.regions:
         start, end = int(region.start), region.end
@@ -27,4 +36,5 @@ def memory_map(memory: GuestMemory) -> list[E820Entry]:
                 entries.append(E820Entry(HIGH_MEMORY_START, end - HIGH_MEMORY_START, E820_RAM))
         else:
             entries.append(E820Entry(start, end - start, E820_RAM))
-    return entries
+    entries.append(E820Entry(PCI_ECAM_ADDR, PCI_ECAM_SIZE, E820_RESERVED))
+    return sorted(entries)

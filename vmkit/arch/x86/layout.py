@@ -22,7 +22,8 @@ COM1_PORT, COM1_IRQ = 0x3F8, 4   # the console UART, as on every PC; described i
 
 PCI_MMIO_BASE = 0xC0000000  # BARs of PCI devices, 64 KiB apart, below 0xD0000000
 PCI_MMIO_STRIDE = 0x10000
-PCI_ECAM_ADDR = 0xE0000000  # ECAM for bus 0 (1 MiB), named in the ACPI MCFG table
+PCI_ECAM_ADDR = 0xE0000000  # ECAM for bus 0, named in the ACPI MCFG table and reserved in e820
+PCI_ECAM_SIZE = 0x100000    # 1 MiB: 32 devices x 8 functions x 4 KiB
 IOAPIC_ADDR = 0xFEC00000
 LAPIC_ADDR = 0xFEE00000
 TSS_ADDR = 0xFFFBD000       # 3 pages KVM needs on Intel hosts (KVM_SET_TSS_ADDR)

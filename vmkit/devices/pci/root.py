@@ -9,7 +9,6 @@ from typing import Protocol
 from vmkit.devices.pci.config_space import ConfigSpace
 
 CONFIG_ADDRESS_PORT = 0xCF8   # 0xCF8..0xCFB: address, 0xCFC..0xCFF: data
-ECAM_BUS_SIZE = 1 << 20       # 32 devices x 8 functions x 4 KiB
 MAX_DEVICES = 32
 
 
