@@ -92,7 +92,6 @@ VcpuExit = (
 )
 
 
-
 def _same_exit(self: tuple, other: object) -> bool:
     return type(other) is type(self) and tuple.__eq__(self, other)  # type: ignore[arg-type]
 
