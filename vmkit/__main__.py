@@ -1,5 +1,3 @@
-import sys
+from vmkit.cli import entry
 
-from vmkit.cli import main
-
-sys.exit(main())
+entry()

@@ -1,4 +1,10 @@
-"""The `vmkit` command."""
+"""The `vmkit` command.
+
+Every way it ends is a status from the contract in vmm/outcome.py: the guest's own outcome, 125 when
+the VM could not be started (bad options and arguments included, each with one line naming the
+input), 128 + n when signal n stopped it, and 70, with a crash report, when vmkit itself failed.
+No traceback reaches the user unless --debug asks for it.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,86 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-EXIT_VMM_ERROR = 125  # vmkit could not start the VM (bad option, missing file, no KVM)
+from vmkit.vmm import outcome
+
+if TYPE_CHECKING:
+    from vmkit.vmm.config import VmConfig
+    from vmkit.vmm.console import ConsoleOutput
+    from vmkit.vmm.machine import Machine
 
 DESCRIPTION = "vmkit: a virtual machine monitor on Linux KVM."
-EPILOG = """\
-exit status of `vmkit run`:
-  (v << 1) | 1  the guest wrote v to the debug-exit port 0xf4 (QEMU isa-debug-exit)
-  0             the guest powered off, or Ctrl-A x was pressed on the console
-  2             the guest reset (reboot)
-  4             a vCPU triple-faulted
-  6             the VM failed (e.g. an instruction KVM cannot emulate)
-  125           vmkit could not start the VM
-  130 / 143     stopped by SIGINT / SIGTERM
+EPILOG = "exit status of `vmkit run`:\n" + outcome.exit_status_help() + """
+other commands exit with 0 on success, 125 on an error of input or host, 70 on a bug in vmkit.
 """
+STOP_SIGNALS = {signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+MAX_BOOT_FILE = 1 << 30          # a kernel or initrd larger than 1 GiB is refused before it is read
+IMAGE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+class StartError(Exception):
+    """Anything that keeps the VM from starting, with a one-line message for the user."""
+
+
+class UsageError(StartError):
+    """The command line itself is wrong (unknown option, missing or malformed value)."""
+
+
+class Stopped(BaseException):
+    """A stop signal arrived before the VM ran; start-up unwinds through this."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is a one-line StartError instead of exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+class StopSignals:
+    """SIGHUP, SIGINT and SIGTERM, from the first line of main to the last.
+
+    Before the VM runs, each raises Stopped in the main thread, so start-up unwinds and cleans up
+    (a guest build kills its compiler, a half-built VM closes its fds). While the VM runs, each stops
+    it with a signal outcome. Once the exit status is decided, they change nothing.
+    """
+
+    def __init__(self) -> None:
+        self._machine: Machine | None = None
+        self._decided = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def running(self, machine: Machine) -> None:
+        self._machine = machine
+
+    def decided(self) -> None:
+        self._decided = True
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._decided:
+            return
+        if self._machine is not None:
+            self._machine.stop(outcome.signalled(STOP_SIGNALS[signum], outcome.SIGNAL_STATUS_BASE + signum))
+            return
+        raise Stopped(signum)
 
 
 def _positive(text: str) -> int:
@@ -33,12 +104,14 @@ def _positive(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vmkit", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def build_parser() -> Parser:
+    common = Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    parser = Parser(prog="vmkit", description=DESCRIPTION, epilog=EPILOG, parents=[common],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
-    run = commands.add_parser("run", help="boot a VM and attach its serial console",
+    run = commands.add_parser("run", help="boot a VM and attach its serial console", parents=[common],
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = run.add_mutually_exclusive_group()
     source.add_argument("--kernel", "-k", metavar="PATH",
@@ -59,51 +132,130 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", "-d", action="append", default=[], metavar="TYPE",
                      help="add a PCI device (repeatable): virtio-rng")
     run.add_argument("--no-pvm-workarounds", action="store_true",
-                     help="on PVM hosts, do not add the Linux command-line switches vmkit adds")
+                     help="on PVM hosts, do not add the Linux command-line switches (clearcpuid=...) and do "
+                          "not hide KVM's hypercall-based paravirtual features from the guest")
     run.add_argument("--quiet", "-q", action="store_true", help="print nothing but the guest's output")
     run.add_argument("--profile-guest", metavar="FILE",
                      help="sample the vCPUs' RIP every 5 ms and write a per-symbol table to FILE at the end")
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+    run.add_argument("guest_command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                      help="with --image: the command to run in the guest")
 
-    image = commands.add_parser("image", help="build, list and remove Linux guest images")
-    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
-    image_build = image_commands.add_parser("build", help="build an image (kernel and initramfs)")
+    image = commands.add_parser("image", help="build, list and remove Linux guest images", parents=[common])
+    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION",
+                                          parser_class=Parser)
+    image_build = image_commands.add_parser("build", help="build an image (kernel and initramfs)", parents=[common])
     image_build.add_argument("name", nargs="?", default="linux")
     image_build.add_argument("--jobs", "-j", type=_positive, help="parallel compile jobs (default: CPUs)")
     image_build.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
-    image_commands.add_parser("list", help="list built images")
-    image_rm = image_commands.add_parser("rm", help="remove an image")
+    image_commands.add_parser("list", help="list built images", parents=[common])
+    image_rm = image_commands.add_parser("rm", help="remove an image", parents=[common])
     image_rm.add_argument("name")
 
-    commands.add_parser("guests", help="list the built-in guest programs")
-    build = commands.add_parser("build-guest", help="build a built-in guest and print its image path")
+    commands.add_parser("guests", help="list the built-in guest programs", parents=[common])
+    build = commands.add_parser("build-guest", help="build a built-in guest and print its image path",
+                                parents=[common])
     build.add_argument("name")
     build.add_argument("--variant", choices=("pvh", "vmlinux"), default="pvh")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def say(message: str) -> None:
+    """One line on stderr; a closed or full stderr loses it rather than failing."""
+    stream = sys.stderr
+    if stream is None:
+        return
     try:
-        if args.command == "guests":
-            from vmkit.guest import program_names
-            print("\n".join(program_names()))
-            return 0
-        if args.command == "image":
-            return image_command(args)
-        if args.command == "build-guest":
-            from vmkit.guest import build_guest
+        print(message, file=stream, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None, *, keep_signal_handlers: bool = False) -> int:
+    """Run one `vmkit` command and return its exit status (see EPILOG).
+
+    The stop-signal handlers are restored on return unless `keep_signal_handlers` (the program's
+    entry point keeps them, so a signal after the status is decided cannot change it)."""
+    stops = StopSignals()
+    stops.install()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in arguments
+    try:
+        args = build_parser().parse_args(arguments)
+        args.debug = debug                 # given before or after the subcommand
+        return _dispatch(args, stops)
+    except StartError as exc:
+        say(f"vmkit: error: {exc}")
+        return outcome.STATUS_START_ERROR
+    except Stopped as exc:
+        say(f"vmkit: stopped by {STOP_SIGNALS[exc.signum]} before the VM ran")
+        return outcome.SIGNAL_STATUS_BASE + exc.signum
+    except KeyboardInterrupt:            # SIGINT before the handler was installed
+        say("vmkit: stopped by SIGINT before the VM ran")
+        return outcome.STATUS_SIGINT
+    except Exception as exc:
+        return report_bug(f"internal error: {type(exc).__name__}: {exc}", traceback.format_exc(), debug)
+    finally:
+        stops.decided()
+        if not keep_signal_handlers:
+            stops.restore()
+
+
+def entry() -> NoReturn:
+    """The `vmkit` program."""
+    status = main(keep_signal_handlers=True)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)        # nothing left to flush can fail now and turn the status into 120
+
+
+def _dispatch(args: argparse.Namespace, stops: StopSignals) -> int:
+    if args.command == "guests":
+        from vmkit.guest import program_names
+        print("\n".join(program_names()))
+        return 0
+    if args.command == "image":
+        return image_command(args)
+    if args.command == "build-guest":
+        from vmkit.guest import GuestBuildError, build_guest
+        try:
             print(build_guest(args.name, args.variant))
-            return 0
-        return run_vm(args)
-    except VmkitStartError as exc:
-        print(f"vmkit: error: {exc}", file=sys.stderr)
-        return EXIT_VMM_ERROR
+        except GuestBuildError as exc:
+            raise StartError(str(exc)) from None
+        return 0
+    return run_vm(args, stops)
 
 
-class VmkitStartError(Exception):
-    """Anything that keeps the VM from starting, with a message for the user."""
+def report_bug(message: str, trace: str, debug: bool) -> int:
+    """Say that vmkit failed, where the report is and where to send it; the internal-error status."""
+    report = _write_crash_report(message, trace)
+    say(f"vmkit: {message}")
+    where = f"the details are in {report}" if report else "no report file could be written"
+    say(f"vmkit: this is a bug in vmkit, not in the guest or in what you asked for; {where}. Please report it "
+        "to the vmkit developers with that file and the command you ran (README.md: Reporting a bug)."
+        + ("" if debug else " --debug shows the traceback here."))
+    if debug:
+        say(trace.rstrip())
+    return outcome.STATUS_INTERNAL_ERROR
+
+
+def _write_crash_report(message: str, trace: str) -> Path | None:
+    import platform
+
+    from vmkit.cache import cache_root
+
+    try:
+        folder = cache_root() / "crash"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"vmkit-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(f"{message}\n\ncommand: {sys.argv!r}\npython: {sys.version}\n"
+                        f"host: {platform.platform()}\n\n{trace}")
+        return path
+    except OSError:
+        return None
 
 
 def image_command(args: argparse.Namespace) -> int:
@@ -125,92 +277,45 @@ def image_command(args: argparse.Namespace) -> int:
             store.remove(args.name)
             print(f"removed image {args.name}")
     except (store.ImageError, KernelBuildError, InitramfsError) as exc:
-        raise VmkitStartError(str(exc)) from None
+        raise StartError(str(exc)) from None
     return 0
 
 
-def _read_file(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        raise VmkitStartError(f"{what} {path!r} does not exist") from None
-    except IsADirectoryError:
-        raise VmkitStartError(f"{what} {path!r} is a directory, not a file") from None
-    except PermissionError:
-        raise VmkitStartError(f"{what} {path!r} is not readable (permission denied)") from None
+class RunPlan(NamedTuple):
+    """What `vmkit run` resolved its options into, before any VM exists."""
+
+    config: VmConfig
+    kernel: bytes
+    output: ConsoleOutput
+    marker: ExitMarker | None
 
 
-def _built_in_guest(name: str) -> tuple[bytes, str]:
-    """The image of a built-in guest program (imported late: the builder is not needed for --kernel)."""
-    from vmkit.guest import GuestBuildError, build_guest
-
-    try:
-        return build_guest(name).read_bytes(), f"built-in guest {name}"
-    except GuestBuildError as exc:
-        raise VmkitStartError(str(exc)) from None
-
-
-def run_vm(args: argparse.Namespace) -> int:
+def run_vm(args: argparse.Namespace, stops: StopSignals) -> int:
     from vmkit.arch.x86.errors import BootError
     from vmkit.kvm.errors import KvmError
-    from vmkit.vmm import host, outcome
-    from vmkit.vmm.builder import build_machine, is_linux
-    from vmkit.vmm.config import ConfigError, VmConfig
-    from vmkit.vmm.console import ConsoleInput, ConsoleOutput
+    from vmkit.vmm.builder import build_machine
+    from vmkit.vmm.config import ConfigError
+    from vmkit.vmm.console import ConsoleInput
 
-    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    quiet = args.quiet
+    plan = resolve_run(args, (lambda message: None) if quiet else say)
     try:
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
-        if command and not args.image:
-            raise VmkitStartError(f"a command ({' '.join(command)}) runs only in a Linux image: use --image")
-        cmdline, initrd, syscall_fixed = args.cmdline, None, False
-        if args.image:
-            kernel, kernel_name, initrd, cmdline, syscall_fixed = _linux_image(args.image, cmdline, command)
-        elif args.kernel:
-            kernel, kernel_name = _read_file(args.kernel, "kernel"), args.kernel
-        else:
-            kernel, kernel_name = _built_in_guest(args.guest or "hello")
-        if args.initrd:
-            initrd = _read_file(args.initrd, "initrd")   # --initrd replaces an image's initramfs
         try:
-            output = ConsoleOutput.for_target(args.console)
-        except OSError as exc:
-            raise VmkitStartError(f"--console: cannot open {args.console!r}: {exc.strerror}") from None
-        if host.host_kind() == "pvm":
-            say(host.PVM_NOTICE)
-            if not args.no_pvm_workarounds and is_linux(kernel):
-                say("vmkit: Linux runs in KVM's instruction emulator here: expect minutes, not milliseconds")
-                if not syscall_fixed and syscall_reaches_ring0() is False:
-                    say("vmkit: warning: on this host `syscall` from guest ring 3 does not enter ring 0 "
-                        "(PVM's paravirtual convention), so a stock Linux kernel boots but its userspace "
-                        "is killed at the first system call; the kernels of `vmkit image build` carry a "
-                        "patch for it")
-        if args.image:
-            marker = ExitMarker(output.write)
-            sink = marker.write
-        else:
-            marker, sink = None, output.write
-        config = VmConfig(kernel=kernel, kernel_name=kernel_name, cmdline=cmdline, initrd=initrd,
-                          vcpus=args.cpus, memory_mib=args.memory, protocol=args.boot_protocol,
-                          pvm_workarounds=not args.no_pvm_workarounds, console_output=sink,
-                          devices=tuple(args.device))
-        machine = build_machine(config)
-    except BootError as exc:              # only build_machine raises these: kernel_name is set
-        raise VmkitStartError(f"{kernel_name}: {exc}") from None
-    except (KvmError, ConfigError) as exc:
-        raise VmkitStartError(str(exc)) from None
+            machine = build_machine(plan.config)
+        except BootError as exc:
+            raise StartError(f"{plan.config.kernel_name}: {exc}") from None
+        except (KvmError, ConfigError) as exc:
+            raise StartError(str(exc)) from None
+    except BaseException:
+        plan.output.close()
+        raise
 
-    console_input = ConsoleInput(machine.devices["serial0"].receive,  # type: ignore[attr-defined]
-                                 lambda: machine.stop(outcome.QUIT))
-    stop_signals = {signal.SIGINT: ("SIGINT", outcome.STATUS_SIGINT),
-                    signal.SIGTERM: ("SIGTERM", outcome.STATUS_SIGTERM)}
-    previous = {}
-    for signum, (name, status) in stop_signals.items():
-        previous[signum] = signal.signal(
-            signum, lambda s, f, n=name, st=status: machine.stop(outcome.signalled(n, st)))
+    console_input = None
     profiler = None
     try:
+        stops.running(machine)
+        console_input = ConsoleInput(machine.devices["serial0"].receive,  # type: ignore[attr-defined]
+                                     lambda: machine.stop(outcome.QUIT))
         machine.start()
         if args.profile_guest:
             from vmkit.vmm.guest_profiler import GuestProfiler
@@ -223,19 +328,93 @@ def run_vm(args: argparse.Namespace) -> int:
             result = machine.wait(0.5)
     finally:
         if profiler is not None:
-            from vmkit.vmm.guest_profiler import write_report
             profiler.stop()
-            write_report(profiler, kernel, args.profile_guest)
-        console_input.stop()
+            _write_profile(profiler, plan.kernel, args.profile_guest)
+        if console_input is not None:
+            console_input.stop()
         machine.close()
-        output.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        plan.output.close()
+    stops.decided()
+    if result.kind == "internal":
+        return report_bug(result.message, result.detail, args.debug)
+    report = (lambda message: None) if quiet else say
+    marker = plan.marker
     if marker is not None and marker.status is not None and result.kind in ("poweroff", "reset"):
-        say(f"vmkit: the command exited with status {marker.status}; {result.message}")
+        report(f"vmkit: the command exited with status {marker.status}; {result.message}")
         return marker.status
-    say(f"vmkit: {result.message} (exit status {result.status})")
+    report(f"vmkit: {result.message} (exit status {result.status})")
     return result.status
+
+
+def _write_profile(profiler: object, kernel: bytes, path: str) -> None:
+    from vmkit.vmm.guest_profiler import GuestProfiler, write_report
+
+    assert isinstance(profiler, GuestProfiler)
+    try:
+        write_report(profiler, kernel, path)
+    except OSError as exc:
+        say(f"vmkit: --profile-guest: cannot write {path!r}: {exc.strerror}")
+
+
+def resolve_run(args: argparse.Namespace, notice: Callable[[str], None]) -> RunPlan:
+    """Check every option of `vmkit run` and read its files, before any VM is built."""
+    from vmkit.arch.x86.boot import detect_kind
+    from vmkit.arch.x86.errors import BootError
+    from vmkit.vmm import host
+    from vmkit.vmm.builder import is_linux
+    from vmkit.vmm.config import MAX_VCPUS, ConfigError, VmConfig, check_cmdline
+    from vmkit.vmm.console import ConsoleOutput
+    from vmkit.vmm.host_files import read_input_file
+
+    try:
+        command = args.guest_command[1:] if args.guest_command[:1] == ["--"] else args.guest_command
+        if command and not args.image:
+            raise StartError(f"a command ({' '.join(command)}) runs only in a Linux image: use --image")
+        if args.profile_guest is not None:
+            _check_writable(args.profile_guest, "--profile-guest")
+        limit = min(args.memory << 20, MAX_BOOT_FILE)
+        cmdline, initrd, syscall_fixed = args.cmdline, None, False
+        check_cmdline(cmdline)
+        if args.image:
+            kernel, kernel_name, initrd, cmdline, syscall_fixed = _linux_image(args.image, cmdline, command, limit)
+        elif args.kernel is not None:
+            kernel, kernel_name = read_input_file(args.kernel, "kernel", limit), args.kernel
+        else:
+            kernel, kernel_name = _built_in_guest(args.guest or "hello")
+        if args.initrd is not None:
+            initrd = read_input_file(args.initrd, "initrd", limit)   # replaces an image's initramfs
+        config = VmConfig(kernel=kernel, kernel_name=kernel_name, cmdline=cmdline, initrd=initrd,
+                          vcpus=args.cpus, memory_mib=args.memory, protocol=args.boot_protocol,
+                          pvm_workarounds=not args.no_pvm_workarounds, devices=tuple(args.device))
+        config.validate(host_max_vcpus=MAX_VCPUS)     # the host's own limit: checked by the builder
+        output = ConsoleOutput.for_target(args.console, on_error=say)
+        detect_kind(kernel)                           # not a kernel: say so before anything is built
+    except ConfigError as exc:
+        raise StartError(str(exc)) from None
+    except BootError as exc:
+        raise StartError(f"{kernel_name}: {exc}") from None
+    if host.host_kind() == "pvm":
+        notice(host.PVM_NOTICE)
+        if not args.no_pvm_workarounds and is_linux(kernel):
+            notice("vmkit: Linux runs in KVM's instruction emulator here: expect minutes, not milliseconds")
+            if not syscall_fixed and syscall_reaches_ring0() is False:
+                notice("vmkit: warning: on this host `syscall` from guest ring 3 does not enter ring 0 "
+                       "(PVM's paravirtual convention), so a stock Linux kernel boots but its userspace "
+                       "is killed at the first system call; the kernels of `vmkit image build` carry a "
+                       "patch for it")
+    marker = ExitMarker(output.write) if args.image else None
+    sink = marker.write if marker is not None else output.write
+    return RunPlan(config._replace(console_output=sink), kernel, output, marker)
+
+
+def _check_writable(path: str, what: str) -> None:
+    """A file vmkit writes at the end must be writable now, not found unwritable after the run."""
+    target = Path(path)
+    if not path or target.is_dir():
+        raise StartError(f"{what}: {path!r} is not a file path")
+    folder = target.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise StartError(f"{what}: cannot write {path!r}: {str(folder)!r} is not a writable directory")
 
 
 class ExitMarker:
@@ -243,7 +422,7 @@ class ExitMarker:
 
     MARKER = b"VMKIT_EXIT_STATUS="
 
-    def __init__(self, forward) -> None:
+    def __init__(self, forward: Callable[[bytes], None]) -> None:
         self._forward = forward
         self._line = bytearray()
         self.status: int | None = None
@@ -260,26 +439,44 @@ class ExitMarker:
                 self._line.append(byte)
 
 
-def _linux_image(name: str, cmdline: str, command: list[str]) -> tuple[bytes, str, bytes, str, bool]:
+def _built_in_guest(name: str) -> tuple[bytes, str]:
+    """The image of a built-in guest program (imported late: the builder is not needed for --kernel)."""
+    from vmkit.guest import GuestBuildError, build_guest
+
+    try:
+        return build_guest(name).read_bytes(), f"built-in guest {name}"
+    except GuestBuildError as exc:
+        raise StartError(str(exc)) from None
+
+
+def _linux_image(name: str, cmdline: str, command: list[str],
+                 limit: int) -> tuple[bytes, str, bytes, str, bool]:
     """Kernel, name, initramfs and command line for `--image NAME [-- COMMAND]`, and whether its
     kernel makes system calls that `syscall` left in ring 3 (docs/linux-guests.md)."""
     from vmkit.images import kernel, store
+    from vmkit.vmm.config import check_cmdline
+    from vmkit.vmm.host_files import read_input_file
 
+    if not name or not set(name) <= IMAGE_NAME_CHARS or name.startswith("."):
+        raise StartError(f"--image: {name!r} is not an image name (letters, digits, '.', '_' and '-')")
     try:
         image = store.load(name)
     except store.ImageError as exc:
-        raise VmkitStartError(str(exc)) from None
+        raise StartError(str(exc)) from None
     full = " ".join(part for part in ("console=ttyS0", cmdline) if part)
     if command:
         full += " -- " + " ".join(command)   # Linux hands what follows "--" to init as arguments
+    check_cmdline(full)
     syscall_fixed = kernel.SYSCALL_PATCH in image.manifest.get("kernel_patches", ())
-    return image.kernel.read_bytes(), f"image {name}", image.initrd.read_bytes(), full, syscall_fixed
+    return (read_input_file(str(image.kernel), f"image {name}: kernel", limit), f"image {name}",
+            read_input_file(str(image.initrd), f"image {name}: initramfs", limit), full, syscall_fixed)
 
 
 def syscall_reaches_ring0() -> bool | None:
     """Boot the guest kit's syscall_probe once: does `syscall` from ring 3 enter ring 0 here?
     None when the probe cannot run (no compiler for the guest kit, or the VM failed)."""
     from vmkit.guest import GuestBuildError, build_guest
+    from vmkit.kvm.errors import KvmError
     from vmkit.vmm.builder import build_machine
     from vmkit.vmm.config import VmConfig
 
@@ -289,7 +486,7 @@ def syscall_reaches_ring0() -> bool | None:
                                     console_output=output.extend)) as probe:
             probe.start()
             probe.wait(10)
-    except (GuestBuildError, OSError):
+    except (GuestBuildError, KvmError, OSError):
         return None
     text = output.decode(errors="replace")
     if "RESULT syscall_enters_ring0=" not in text:
@@ -307,4 +504,4 @@ def _stdin_usable() -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

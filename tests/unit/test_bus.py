@@ -1,18 +1,23 @@
 """The address-map bus: overlapping and empty ranges are refused; devices see offsets."""
 
+import threading
+
 import pytest
 
-from vmkit.devices.bus import Bus, BusError
+from vmkit.devices.bus import BYTE_WIDE, Access, Bus, BusError
+
+UP_TO_4 = Access(frozenset({1, 2, 4}))
 
 
 class Recorder:
-    def __init__(self, label):
+    def __init__(self, label, access=UP_TO_4):
         self.label = label
+        self.access = access
         self.accesses = []
 
     def read(self, offset, size):
         self.accesses.append(("r", offset, size))
-        return bytes([offset]) * size
+        return bytes([offset & 0xFF]) * size
 
     def write(self, offset, data):
         self.accesses.append(("w", offset, data))
@@ -49,3 +54,97 @@ def test_adjacent_ranges_are_fine_and_empty_ones_are_not():
     assert [r.device.label for r in bus.ranges()] == ["c", "a", "b"]
     with pytest.raises(BusError, match="empty range"):
         bus.insert(Recorder("d"), 0x5000, 0)
+
+
+def test_an_access_running_past_the_range_never_reaches_the_device():
+    bus = Bus("pio")
+    dev = Recorder("pci-config")
+    bus.insert(dev, 0xCF8, 8)
+    assert bus.read(0xCFE, 4) == b"\xff" * 4          # 0xcfe..0xd01: two bytes past the range
+    assert bus.write(0xCFF, b"\1\2") is False
+    assert bus.read(0xCFC, 4) == b"\x04" * 4           # the last four ports: inside
+    assert dev.accesses == [("r", 4, 4)]
+
+
+def test_widths_and_alignment_the_device_does_not_decode_read_all_ones():
+    bus = Bus("mmio")
+    dev = Recorder("ecam", Access(frozenset({1, 2, 4}), aligned=True))
+    bus.insert(dev, 0x1000, 0x100)
+    assert bus.read(0x1000, 8) == b"\xff" * 8          # no 8-byte accesses
+    assert bus.read(0x1001, 2) == b"\xff" * 2          # unaligned
+    assert bus.read(0x1003, 1) == b"\x03"              # bytes are always aligned
+    assert bus.write(0x1002, b"\0\0\0\0") is False
+    assert bus.write(0x1004, b"\0\0\0\0") is True
+    assert dev.accesses == [("r", 3, 1), ("w", 4, b"\0\0\0\0")]
+
+
+def test_a_wide_access_to_a_byte_wide_device_is_split_into_bytes_as_on_the_isa_bus():
+    bus = Bus("pio")
+    uart = Recorder("uart", BYTE_WIDE)
+    bus.insert(uart, 0x3F8, 8)
+    assert bus.read(0x3FA, 4) == b"\x02\x03\x04\x05"
+    assert bus.read(0x3FE, 4) == b"\x06\x07\xff\xff"  # the last two bytes belong to nobody
+    assert bus.write(0x3F8, b"ab") is True
+    assert uart.accesses[-2:] == [("w", 0, b"a"), ("w", 1, b"b")]
+    assert all(size == 1 for kind, _, size in uart.accesses if kind == "r")
+
+
+def test_a_split_access_reaches_each_port_owner():
+    bus = Bus("pio")
+    left, right = Recorder("left", BYTE_WIDE), Recorder("right", BYTE_WIDE)
+    bus.insert(left, 0x60, 1)
+    bus.insert(right, 0x61, 1)
+    assert bus.write(0x60, b"xy") is True
+    assert left.accesses == [("w", 0, b"x")] and right.accesses == [("w", 0, b"y")]
+
+
+def test_move_places_the_range_or_leaves_it_unmapped_on_a_collision():
+    bus = Bus("mmio")
+    bar, other = Recorder("bar"), Recorder("other")
+    bus.insert(bar, 0x1000, 0x100)
+    bus.insert(other, 0x3000, 0x100)
+    assert bus.move(bar, 0x1000, 0x2000, 0x100) is True
+    assert bus.find(0x2000).device is bar and bus.find(0x1000) is None
+    assert bus.move(bar, 0x2000, 0x3080, 0x100) is False      # onto `other`
+    assert bus.find(0x2000) is None and bus.find(0x3080).device is other
+    assert bus.move(bar, 0x3080, 0x5000, 0x100) is True       # was unmapped: just placed
+    assert bus.find(0x5000).device is bar
+
+
+def test_look_ups_racing_moves_see_a_whole_map():
+    bus = Bus("mmio")
+    bars = [Recorder(f"bar{i}") for i in range(4)]
+    for i, bar in enumerate(bars):
+        bus.insert(bar, 0x10000 * (i + 1), 0x8000)
+    stop = threading.Event()
+    errors = []
+
+    def mover():
+        position = [0x10000 * (i + 1) for i in range(4)]
+        step = 0
+        while not stop.is_set():
+            i = step % 4
+            new = 0x100000 + 0x10000 * ((step * 7) % 64)
+            if bus.move(bars[i], position[i], new, 0x8000):
+                position[i] = new
+            step += 1
+
+    def reader():
+        try:
+            for n in range(200_000):
+                address = 0x100000 + (n * 4099) % 0x400000
+                found = bus.find(address)
+                if found is not None:
+                    assert found.base <= address < found.end
+                    assert len(bus.read(address, 4)) == 4
+        except Exception as exc:   # recorded: an exception in a thread would not fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=mover)] + [threading.Thread(target=reader) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads[1:]:
+        thread.join()
+    stop.set()
+    threads[0].join()
+    assert errors == []

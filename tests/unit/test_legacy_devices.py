@@ -123,11 +123,20 @@ def test_rtc_reads_the_host_clock_in_bcd_and_binary():
     assert cmos(0) == 59 and cmos(9) == 26
 
 
-def test_debug_exit_status_is_qemu_compatible():
-    statuses = []
-    DebugExit(statuses.append).write(0, b"\x10")
-    DebugExit(statuses.append).write(0, b"\x00")
-    assert statuses == [0x21, 0x01]
+@pytest.mark.parametrize("written,status", [
+    (b"\x00", 0x01), (b"\x10", 0x21), (b"\x7f", 0xFF),
+    (b"\x80", 0x01),                      # QEMU exits with (v << 1) | 1 and the OS keeps 8 bits
+    (b"\x10\x56\x34\x12", 0x21),          # outl: the status still depends on v's low 7 bits only
+])
+def test_debug_exit_status_is_qemu_compatible(written, status):
+    from vmkit.devices.bus import Bus
+    from vmkit.vmm.outcome import Outcome
+
+    ended = []
+    bus = Bus("pio")
+    bus.insert(DebugExit(lambda value: ended.append(Outcome.debug_exit(value))), 0xF4, 1)
+    bus.write(0xF4, written)
+    assert [(o.kind, o.status) for o in ended] == [("debug-exit", status)]
 
 
 def test_debug_console_passes_bytes_and_identifies_itself():

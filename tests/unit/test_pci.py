@@ -83,7 +83,8 @@ def test_msix_masking_keeps_vectors_pending_until_unmasked():
     control = [0]
     sent = []
     table = MsixTable(2, lambda: control[0], lambda address, data: sent.append((address, data)))
-    table.write_table(0, struct.pack("<IIII", 0xFEE00000, 0, 0x41, 1))   # entry 0, masked
+    table.write_table(0, struct.pack("<II", 0xFEE00000, 0))             # entry 0: address (a qword)
+    table.write_table(8, struct.pack("<II", 0x41, 1))                   # data, vector control: masked
     assert table.notify(0) and sent == []                                 # MSI-X disabled
     control[0] = CONTROL_ENABLE | CONTROL_FUNCTION_MASK
     table.notify(0)

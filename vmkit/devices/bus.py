@@ -1,8 +1,16 @@
-"""Port-I/O and MMIO address maps.
+"""Port-I/O and MMIO address maps, and the one place where a guest access is checked.
 
-A Bus owns sorted, non-overlapping ranges. Devices see offsets into their
-range, never absolute addresses. An access nobody claims reads as all ones and
-writes are dropped, as on a real bus.
+A Bus owns sorted, non-overlapping ranges. Devices see offsets into their range, never absolute
+addresses. Each device declares the accesses it decodes (its `Access`): the widths it accepts,
+whether they must be naturally aligned, and whether it is a byte-wide ISA device. The bus hands a
+device only accesses that lie wholly inside its range and match its declaration. Anything else gets
+what real hardware gives: the ISA bus splits a wide access to a byte-wide device into byte
+accesses (each going to whatever owns that port); any other access reads as all ones and its write
+is dropped. An access nobody claims reads as all ones too.
+
+Look-ups take no lock: the map is an immutable snapshot replaced whole by insert and remove, so a
+vCPU looking up an address while another thread moves a PCI BAR sees the map before or after the
+move, never a half-updated one.
 """
 
 from __future__ import annotations
@@ -12,10 +20,26 @@ import threading
 from typing import NamedTuple, Protocol
 
 
+class Access(NamedTuple):
+    """The accesses a device decodes."""
+
+    widths: frozenset[int]
+    aligned: bool = False      # offset must be a multiple of the width
+    byte_wide: bool = False    # an 8-bit ISA device: a wider access is split into byte accesses
+
+
+BYTE_WIDE = Access(frozenset({1}), byte_wide=True)
+
+
 class BusDevice(Protocol):
-    """What a bus needs of a device: a label for messages, and offset-based accesses."""
+    """What a bus needs of a device: a label for messages, its Access, and offset-based accesses.
+
+    read must return exactly `size` bytes. Neither method may raise for any access its Access
+    admits: whatever the guest does, the device answers as hardware would.
+    """
 
     label: str
+    access: Access
 
     def read(self, offset: int, size: int) -> bytes: ...
 
@@ -38,15 +62,25 @@ class BusRange(NamedTuple):
     def describe(self) -> str:
         return f"{self.device.label} at [{self.base:#x}, {self.end:#x})"
 
+    def admits(self, offset: int, size: int) -> bool:
+        """Whether the device decodes an access of `size` bytes at `offset` of this range."""
+        access = self.device.access
+        return (size in access.widths and offset + size <= self.length
+                and not (access.aligned and offset % size))
+
+
+class _Map(NamedTuple):
+    bases: tuple[int, ...]
+    ranges: tuple[BusRange, ...]
+
 
 class Bus:
     """An address map from ranges to devices (one for PIO, one for MMIO)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._bases: list[int] = []
-        self._ranges: list[BusRange] = []
-        self._lock = threading.Lock()
+        self._map = _Map((), ())
+        self._lock = threading.Lock()      # serialises writers; readers use the snapshot
 
     def insert(self, device: BusDevice, base: int, length: int) -> None:
         """Claim [base, base+length) for `device`; reject empty and overlapping ranges."""
@@ -54,27 +88,43 @@ class Bus:
             raise BusError(f"{self.name} bus: {device.label} asks for an empty range at {base:#x}")
         new = BusRange(base, length, device)
         with self._lock:
-            i = bisect.bisect_left(self._bases, base)
-            for neighbour in self._ranges[max(i - 1, 0) : i + 1]:
+            bases, ranges = self._map
+            i = bisect.bisect_left(bases, base)
+            for neighbour in ranges[max(i - 1, 0) : i + 1]:
                 if neighbour.base < new.end and base < neighbour.end:
                     raise BusError(
                         f"{self.name} bus: {new.describe()} overlaps {neighbour.describe()}"
                     )
-            self._bases.insert(i, base)
-            self._ranges.insert(i, new)
+            self._map = _Map(bases[:i] + (base,) + bases[i:], ranges[:i] + (new,) + ranges[i:])
 
     def remove(self, device: BusDevice, base: int) -> None:
         """Release the range `device` holds at `base` (a PCI BAR being moved)."""
         with self._lock:
-            i = bisect.bisect_left(self._bases, base)
-            if i == len(self._bases) or self._bases[i] != base or self._ranges[i].device is not device:
+            bases, ranges = self._map
+            i = bisect.bisect_left(bases, base)
+            if i == len(bases) or bases[i] != base or ranges[i].device is not device:
                 raise BusError(f"{self.name} bus: {device.label} holds no range at {base:#x}")
-            del self._bases[i], self._ranges[i]
+            self._map = _Map(bases[:i] + bases[i + 1 :], ranges[:i] + ranges[i + 1 :])
+
+    def move(self, device: BusDevice, old: int, new: int, length: int) -> bool:
+        """Move `device`'s range from `old` to `new` in one step; False (and the device unmapped)
+        when the new range would overlap another device. A device not mapped at `old` (an earlier
+        move collided) is just placed at `new`."""
+        try:
+            self.remove(device, old)
+        except BusError:
+            pass
+        try:
+            self.insert(device, new, length)
+        except BusError:
+            return False
+        return True
 
     def find(self, address: int) -> BusRange | None:
-        i = bisect.bisect_right(self._bases, address) - 1
+        bases, ranges = self._map
+        i = bisect.bisect_right(bases, address) - 1
         if i >= 0:
-            found = self._ranges[i]
+            found = ranges[i]
             if address < found.end:
                 return found
         return None
@@ -83,15 +133,26 @@ class Bus:
         found = self.find(address)
         if found is None:
             return b"\xff" * size
-        return found.device.read(address - found.base, size)
+        offset = address - found.base
+        if found.admits(offset, size):
+            return found.device.read(offset, size)
+        if found.device.access.byte_wide and size > 1:
+            return b"".join(self.read(address + i, 1) for i in range(size))
+        return b"\xff" * size
 
     def write(self, address: int, data: bytes) -> bool:
-        """Deliver a write; False when no device claims the address."""
+        """Deliver a write; False when no device takes it."""
         found = self.find(address)
         if found is None:
             return False
-        found.device.write(address - found.base, data)
-        return True
+        offset = address - found.base
+        if found.admits(offset, len(data)):
+            found.device.write(offset, data)
+            return True
+        if found.device.access.byte_wide and len(data) > 1:
+            taken = [self.write(address + i, data[i : i + 1]) for i in range(len(data))]
+            return any(taken)
+        return False
 
     def ranges(self) -> list[BusRange]:
-        return list(self._ranges)
+        return list(self._map.ranges)

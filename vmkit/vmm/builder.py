@@ -14,8 +14,9 @@ from __future__ import annotations
 from vmkit.arch.x86 import acpi, cpu_state, layout
 from vmkit.arch.x86.boot import BootPlan, detect_kind, load_guest
 from vmkit.arch.x86.cpuid import vcpu_cpuid
+from vmkit.arch.x86.errors import BootError
 from vmkit.arch.x86.msrs import boot_msrs
-from vmkit.devices.bus import Bus, BusError
+from vmkit.devices.bus import Bus
 from vmkit.devices.legacy.acpi_power import AcpiPower
 from vmkit.devices.legacy.debug_exit import DebugConsole, DebugExit
 from vmkit.devices.legacy.i8042 import I8042
@@ -25,7 +26,7 @@ from vmkit.devices.pci.root import HostBridge, PciConfigIo, PciConfigMmio, PciRo
 from vmkit.kvm import Kvm, KvmError, VcpuFd, VmFd
 from vmkit.memory import GuestMemory
 from vmkit.vmm import host, outcome
-from vmkit.vmm.config import VmConfig
+from vmkit.vmm.config import ConfigError, VmConfig
 from vmkit.vmm.machine import Buses, Machine
 from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner
 
@@ -37,8 +38,12 @@ PCI_CONFIG_PORT = 0xCF8
 
 
 def is_linux(kernel: bytes) -> bool:
-    """bzImages are Linux; so is an ELF that carries Linux's version banner."""
-    kind = detect_kind(kernel)
+    """bzImages are Linux; so is an ELF that carries Linux's version banner. False for a file that
+    is no kernel at all (loading it reports why)."""
+    try:
+        kind = detect_kind(kernel)
+    except BootError:
+        return False
     return kind == "bzimage" or b"Linux version " in kernel
 
 
@@ -58,7 +63,11 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         vm_fd.create_pit2()
 
         # 2. guest memory
-        memory = GuestMemory.create(config.memory_mib << 20)
+        try:
+            memory = GuestMemory.create(config.memory_mib << 20)
+        except OSError as exc:
+            raise ConfigError(f"memory: cannot allocate {config.memory_mib} MiB of guest RAM on this "
+                              f"host: {exc.strerror}") from None
         for slot, region in enumerate(memory.regions):
             vm_fd.set_user_memory_region(slot, int(region.start), region.size, region.host_address)
 
@@ -81,7 +90,7 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
             "serial0": serial,
             "i8042": I8042(lambda: end_vm(outcome.RESET)),
             "rtc": CmosRtc(),
-            "debug-exit": DebugExit(lambda status: end_vm(outcome.Outcome.debug_exit(status))),
+            "debug-exit": DebugExit(lambda value: end_vm(outcome.Outcome.debug_exit(value))),
             "debugcon": DebugConsole(config.console_output),
             "acpi-power": AcpiPower(lambda: end_vm(outcome.POWEROFF), lambda: end_vm(outcome.RESET),
                                     acpi.RESET_VALUE),
@@ -150,14 +159,7 @@ def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mm
 
         def moved(index: int, old: int, new: int, function: VirtioPciDevice = function) -> None:
             """Follow the guest's BAR writes; a BAR placed over another device stays unmapped."""
-            try:
-                mmio.remove(function.bar, old)
-            except BusError:
-                pass                       # it was not mapped: an earlier move collided
-            try:
-                mmio.insert(function.bar, new, BAR_SIZE)
-            except BusError:
-                pass                       # overlaps another device: unmapped until moved again
+            mmio.move(function.bar, old, new, BAR_SIZE)
 
         function.config.on_bar_moved = moved
     return root

@@ -13,33 +13,40 @@ import termios
 import threading
 import tty
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import TextIO
+
+from vmkit.vmm.host_files import open_output_file
 
 ESCAPE = 0x01  # Ctrl-A
 
 
 class ConsoleOutput:
-    """A sink for guest console bytes: a file descriptor written unbuffered."""
+    """A sink for guest console bytes: a file descriptor written unbuffered.
 
-    def __init__(self, fd: int | None, owned: BinaryIO | None = None) -> None:
+    Output that cannot be written (a full disk, a closed terminal) never ends the VM: the first
+    failure is reported once through `on_error`, and later output is dropped.
+    """
+
+    def __init__(self, fd: int | None, owned: bool = False,
+                 on_error: Callable[[str], None] | None = None) -> None:
         self._fd = fd
-        self._owned = owned
+        self._owned_fd = fd if owned else None
+        self._on_error = on_error
         self._lock = threading.Lock()
 
     @classmethod
-    def for_target(cls, target: str) -> ConsoleOutput:
-        """'stdio', 'none' or a file path."""
+    def for_target(cls, target: str, on_error: Callable[[str], None] | None = None) -> ConsoleOutput:
+        """'stdio', 'none' or a file path (raises ConfigError naming --console)."""
         if target == "stdio":
-            return cls(sys.stdout.fileno())
+            return cls(_usable_fd(sys.stdout), on_error=on_error)
         if target == "none":
             return cls(None)
-        handle = open(target, "wb", buffering=0)
-        return cls(handle.fileno(), handle)
+        return cls(open_output_file(target, "--console"), owned=True, on_error=on_error)
 
     def write(self, data: bytes) -> None:
-        if self._fd is None:
-            return
         with self._lock:
+            if self._fd is None:
+                return
             view = memoryview(data)
             while view:
                 try:
@@ -47,12 +54,30 @@ class ConsoleOutput:
                 except BlockingIOError:
                     select.select([], [self._fd], [])
                 except BrokenPipeError:
+                    self._fd = None                      # the reader went away: nobody to tell
+                    return
+                except OSError as exc:
                     self._fd = None
+                    if self._on_error is not None:
+                        self._on_error(f"guest console output stopped: {exc.strerror}; "
+                                       "the rest of it is dropped")
                     return
 
     def close(self) -> None:
-        if self._owned:
-            self._owned.close()
+        with self._lock:
+            if self._owned_fd is not None:
+                os.close(self._owned_fd)
+            self._owned_fd = self._fd = None
+
+
+def _usable_fd(stream: TextIO | None) -> int | None:
+    """The descriptor behind a standard stream, or None when the stream is closed."""
+    try:
+        fd = stream.fileno() if stream is not None else -1
+        os.fstat(fd)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return fd
 
 
 class ConsoleInput:

@@ -54,10 +54,18 @@ class GuestProfiler:
 
 
 def elf_symbols(data: bytes) -> list[tuple[int, str]]:
-    """(address, name) of the code symbols in an ELF64 file's .symtab, sorted; [] if none.
+    """(address, name) of the code symbols in an ELF64 file's .symtab, sorted; [] if none, or if
+    the file's section or symbol tables are damaged.
 
     Functions, and global labels without a type (assembly entry points such as entry_SYSCALL_64).
     """
+    try:
+        return _elf_symbols(data)
+    except (struct.error, IndexError, ValueError):
+        return []
+
+
+def _elf_symbols(data: bytes) -> list[tuple[int, str]]:
     if data[:4] != b"\x7fELF" or data[4] != 2:
         return []
     shoff, = struct.unpack_from("<Q", data, 0x28)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -89,8 +90,8 @@ class VcpuRunner:
                     return
         except KvmError as exc:
             self.end_vm(outcome.error(str(exc)))
-        except Exception as exc:  # a VMM bug must end the VM, not hang it
-            self.end_vm(outcome.error(f"vCPU {self.vcpu.index}: internal error: {exc!r}"))
+        except Exception as exc:  # a VMM bug must end the VM, not hang it, and say it is a bug
+            self.end_vm(outcome.internal(f"vCPU {self.vcpu.index}: {exc!r}", traceback.format_exc()))
         finally:
             self.control.runner_exited(self.vcpu.index)
 

@@ -6,7 +6,7 @@ UART's IRQ reaches it only through this description.
 
 Power-off and reset go through two I/O-port registers named in the FADT
 (the ACPI 5+ sleep control register and the reset register), served by
-devices/legacy/acpi_power.py. The tables live in [0xE0000, 0x100000), where
+devices/legacy/acpi_power.py. The tables live in [0xE0000, 0xF0000), where
 a guest that is given no RSDP address also finds them by scanning.
 """
 
@@ -14,7 +14,15 @@ from __future__ import annotations
 
 import struct
 
-from vmkit.arch.x86.layout import ACPI_ADDR, COM1_IRQ, COM1_PORT, IOAPIC_ADDR, LAPIC_ADDR, PCI_ECAM_ADDR
+from vmkit.arch.x86.layout import (
+    ACPI_ADDR,
+    COM1_IRQ,
+    COM1_PORT,
+    IOAPIC_ADDR,
+    LAPIC_ADDR,
+    MPTABLE_ADDR,
+    PCI_ECAM_ADDR,
+)
 from vmkit.memory import GuestMemory
 
 OEM_ID = b"VMKIT "
@@ -145,8 +153,8 @@ def write_acpi_tables(memory: GuestMemory, num_cpus: int, base: int = ACPI_ADDR)
     madt_addr = place("APIC", madt(num_cpus))
     mcfg_addr = place("MCFG", mcfg(PCI_ECAM_ADDR))
     xsdt_addr = place("XSDT", _table(b"XSDT", 1, struct.pack("<QQQ", fadt_addr, madt_addr, mcfg_addr)))
-    if cursor > 0x100000:
-        raise ValueError(f"ACPI tables for {num_cpus} CPUs do not fit below 1 MiB")
+    if cursor > MPTABLE_ADDR:
+        raise ValueError(f"ACPI tables for {num_cpus} CPUs do not fit below the MP table")
     rsdp = bytearray(struct.pack("<8sB6sBIIQB3s", b"RSD PTR ", 0, OEM_ID, 2, 0, 36, xsdt_addr, 0, bytes(3)))
     rsdp[8] = _checksum(bytes(rsdp[:20]))
     rsdp[32] = _checksum(bytes(rsdp))

@@ -13,8 +13,9 @@ PDPT_ADDR = 0xA000
 PD_ADDR = 0xB000            # 4 pages: 0xB000..0xEFFF map 4 GiB with 2 MiB pages
 CMDLINE_ADDR = 0x20000
 CMDLINE_MAX = 0x10000
-EBDA_START = 0x9FC00        # MP table lives in the last KiB of base memory
-ACPI_ADDR = 0xE0000         # RSDP, then the ACPI tables, up to 1 MiB
+EBDA_START = 0x9FC00        # the last KiB of base memory, reserved as on every PC
+ACPI_ADDR = 0xE0000         # RSDP, then the ACPI tables, below the MP table
+MPTABLE_ADDR = 0xF0000      # MP floating pointer and configuration table, up to 1 MiB (254 CPUs: 5.2 KiB)
 HIGH_MEMORY_START = 0x100000  # kernels load at 1 MiB
 KERNEL_LOAD_ADDR = 0x100000
 

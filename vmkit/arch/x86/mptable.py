@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from vmkit.arch.x86.layout import EBDA_START, IOAPIC_ADDR, LAPIC_ADDR
+from vmkit.arch.x86.layout import HIGH_MEMORY_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR
 from vmkit.memory import GuestMemory
 
 APIC_VERSION = 0x14
@@ -12,16 +12,17 @@ IOAPIC_VERSION = 0x11
 IOAPIC_PINS = 24
 CPU_ENABLED, CPU_BSP = 1, 2
 INT_TYPE_INT, INT_TYPE_NMI, INT_TYPE_EXTINT = 0, 1, 3
+MAX_CPUS = 254       # APIC IDs 0..253; the IOAPIC takes the next one, and 0xFF is broadcast
 
 
 def _checksum(data: bytes) -> int:
     return (-sum(data)) & 0xFF
 
 
-def build_mptable(num_cpus: int, base: int = EBDA_START) -> bytes:
+def build_mptable(num_cpus: int, base: int = MPTABLE_ADDR) -> bytes:
     """The floating pointer at `base`, followed by the configuration table."""
-    if not 1 <= num_cpus <= 254:
-        raise ValueError(f"an MP table describes 1..254 CPUs, not {num_cpus}")
+    if not 1 <= num_cpus <= MAX_CPUS:
+        raise ValueError(f"an MP table describes 1..{MAX_CPUS} CPUs, not {num_cpus}")
     ioapic_id = num_cpus  # APIC IDs 0..n-1 are the CPUs
     entries = []
     for cpu in range(num_cpus):
@@ -52,6 +53,6 @@ def build_mptable(num_cpus: int, base: int = EBDA_START) -> bytes:
 
 def write_mptable(memory: GuestMemory, num_cpus: int) -> None:
     table = build_mptable(num_cpus)
-    if len(table) > 0xA0000 - EBDA_START:
-        raise ValueError(f"MP table for {num_cpus} CPUs does not fit below 640 KiB")
-    memory.write(EBDA_START, table)
+    if len(table) > HIGH_MEMORY_START - MPTABLE_ADDR:
+        raise ValueError(f"MP table for {num_cpus} CPUs does not fit below 1 MiB")
+    memory.write(MPTABLE_ADDR, table)

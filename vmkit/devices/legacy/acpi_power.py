@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vmkit.devices.bus import BYTE_WIDE
+
 SLEEP_CONTROL_OFFSET = 0
 SLEEP_STATUS_OFFSET = 1
 RESET_OFFSET = 2
@@ -14,6 +16,8 @@ S5_SOFT_OFF = 5
 class AcpiPower:
     """Writing SLP_TYP=5 with SLP_EN powers the VM off; writing the reset value resets it."""
 
+    access = BYTE_WIDE
+
     def __init__(self, on_poweroff: Callable[[], None], on_reset: Callable[[], None],
                  reset_value: int, label: str = "acpi-power") -> None:
         self.label = label
@@ -22,7 +26,7 @@ class AcpiPower:
         self._reset_value = reset_value
 
     def read(self, offset: int, size: int) -> bytes:
-        return bytes(size)  # sleep status: never waking; other registers read as 0
+        return b"\0"  # sleep status: never waking; other registers read as 0
 
     def write(self, offset: int, data: bytes) -> None:
         value = data[0]

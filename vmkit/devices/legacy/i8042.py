@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from vmkit.devices.bus import BYTE_WIDE
+
 DATA_PORT_OFFSET = 0     # 0x60
 COMMAND_PORT_OFFSET = 4  # 0x64
 
@@ -33,6 +35,8 @@ CMD_PULSE_RESET = 0xFE
 class I8042:
     """Answers the controller commands guests probe with; 0xFE on 0x64 resets the VM."""
 
+    access = BYTE_WIDE
+
     def __init__(self, on_reset: Callable[[], None], label: str = "i8042") -> None:
         self.label = label
         self._on_reset = on_reset
@@ -51,7 +55,7 @@ class I8042:
                 value = self.status | (STATUS_OUTPUT_FULL if self._output is not None else 0)
             else:
                 value = 0xFF
-        return bytes([value]) + b"\0" * (size - 1)
+        return bytes([value])
 
     def write(self, offset: int, data: bytes) -> None:
         value = data[0]

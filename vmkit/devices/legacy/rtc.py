@@ -6,6 +6,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from vmkit.devices.bus import BYTE_WIDE
+
 INDEX_OFFSET = 0
 DATA_OFFSET = 1
 
@@ -26,6 +28,8 @@ def _bcd(value: int) -> int:
 class CmosRtc:
     """128 bytes of CMOS; the clock registers are computed from the host clock on each read."""
 
+    access = BYTE_WIDE
+
     def __init__(self, clock: Callable[[], float] = time.time, label: str = "rtc") -> None:
         self.label = label
         self._clock = clock
@@ -39,7 +43,7 @@ class CmosRtc:
     def read(self, offset: int, size: int) -> bytes:
         with self._lock:
             value = self.index if offset == INDEX_OFFSET else self._read_cmos(self.index)
-        return bytes([value]) + b"\0" * (size - 1)
+        return bytes([value])
 
     def write(self, offset: int, data: bytes) -> None:
         with self._lock:

@@ -11,6 +11,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
+from vmkit.devices.bus import BYTE_WIDE
+
 # Register offsets
 RBR_THR_DLL = 0
 IER_DLM = 1
@@ -35,6 +37,8 @@ IrqLine = Callable[[bool], None]
 
 class Serial16550:
     """COM port emulation; `output` receives guest bytes, `irq` the interrupt level."""
+
+    access = BYTE_WIDE
 
     def __init__(self, output: OutputSink, irq: IrqLine, label: str = "serial0") -> None:
         self.label = label
@@ -65,7 +69,7 @@ class Serial16550:
         with self._lock:
             value = self._read_register(offset)
             self._update_irq()
-        return bytes([value]) + b"\0" * (size - 1)
+        return bytes([value])
 
     def write(self, offset: int, data: bytes) -> None:
         with self._lock:

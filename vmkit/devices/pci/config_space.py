@@ -34,6 +34,7 @@ class ConfigSpace:
         self._last_cap: int | None = None
         self._next_cap = 0x40
         self.on_bar_moved: BarMoved | None = None
+        self.on_written: Callable[[int, int], None] | None = None   # (offset, length), after each write
         struct.pack_into("<HH", self.data, VENDOR_ID, vendor, device)
         struct.pack_into("<I", self.data, REVISION, revision | (class_code << 8))
         struct.pack_into("<HH", self.data, SUBSYSTEM_VENDOR_ID, subsystem_vendor, subsystem)
@@ -110,3 +111,5 @@ class ConfigSpace:
         if self.on_bar_moved:
             for index, old, new in moved:
                 self.on_bar_moved(index, old, new)
+        if self.on_written:
+            self.on_written(offset, len(data))

@@ -48,23 +48,42 @@ class MsixTable:
         self._signal(address, data)
         return True
 
+    @staticmethod
+    def _dword_or_qword(offset: int, size: int, limit: int) -> bool:
+        """The only accesses the PCI spec defines for the table and the PBA: aligned 4 or 8 bytes."""
+        return size in (4, 8) and offset % size == 0 and 0 <= offset and offset + size <= limit
+
     def read_table(self, offset: int, size: int) -> bytes:
+        if not self._dword_or_qword(offset, size, len(self.table)):
+            return b"\xff" * size
         with self._lock:
-            return bytes(self.table[offset : offset + size]).ljust(size, b"\xff")
+            return bytes(self.table[offset : offset + size])
 
     def write_table(self, offset: int, data: bytes) -> None:
-        if offset + len(data) > len(self.table):
+        if not self._dword_or_qword(offset, len(data), len(self.table)):
             return
-        deliver = []
         with self._lock:
             self.table[offset : offset + len(data)] = data
-            vector = offset // ENTRY_SIZE
-            if self.pending[vector] and self._deliverable(vector):
-                self.pending[vector] = False
-                deliver.append(self._entry(vector))
+        self.deliver_pending()
+
+    def deliver_pending(self) -> None:
+        """Send every pending vector that is no longer masked (after an entry or the function is
+        unmasked, or MSI-X is enabled), clearing its pending bit."""
+        with self._lock:
+            deliver = []
+            for vector, pending in enumerate(self.pending):
+                if pending and self._deliverable(vector):
+                    self.pending[vector] = False
+                    deliver.append(self._entry(vector))
         for address, value, _ in deliver:
             self._signal(address, value)
 
+    @property
+    def pba_size(self) -> int:
+        return 8 * ((self.vectors + 63) // 64)
+
     def read_pba(self, offset: int, size: int) -> bytes:
+        if not self._dword_or_qword(offset, size, self.pba_size):
+            return b"\xff" * size
         bits = sum(1 << i for i, p in enumerate(self.pending) if p)
-        return bits.to_bytes(8 * ((self.vectors + 63) // 64), "little")[offset : offset + size].ljust(size, b"\0")
+        return bits.to_bytes(self.pba_size, "little")[offset : offset + size]

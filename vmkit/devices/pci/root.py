@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import struct
 import threading
 from typing import Protocol
 
+from vmkit.devices.bus import Access
 from vmkit.devices.pci.config_space import ConfigSpace
 
 CONFIG_ADDRESS_PORT = 0xCF8   # 0xCF8..0xCFB: address, 0xCFC..0xCFF: data
@@ -28,6 +28,8 @@ class PciRoot:
             slot = next((s for s in range(MAX_DEVICES) if s not in self.functions), None)
             if slot is None:
                 raise ValueError("PCI bus 0 is full (32 devices)")
+        if not 0 <= slot < MAX_DEVICES:
+            raise ValueError(f"PCI slot {slot} does not exist on bus 0 (slots 0..{MAX_DEVICES - 1})")
         if slot in self.functions:
             raise ValueError(f"PCI slot {slot} holds {self.functions[slot].label} already")
         self.functions[slot] = function
@@ -46,9 +48,16 @@ class PciRoot:
 
 
 class PciConfigIo:
-    """Configuration mechanism #1: the address register at 0xCF8 and data at 0xCFC (PIO bus)."""
+    """Configuration mechanism #1: the address register at 0xCF8 and data at 0xCFC (PIO bus).
+
+    As on PC chipsets, only a 4-byte access to 0xCF8 reaches the address register (narrower ones
+    read as all ones and are dropped); the data window takes 1-, 2- and 4-byte accesses that stay
+    inside its 4 bytes.
+    """
 
     label = "pci-config-io"
+    access = Access(frozenset({1, 2, 4}))
+    DATA = 4
 
     def __init__(self, root: PciRoot) -> None:
         self._root = root
@@ -64,29 +73,34 @@ class PciConfigIo:
 
     def read(self, offset: int, size: int) -> bytes:
         with self._lock:
-            if offset < 4:
-                return self._address.to_bytes(4, "little")[offset : offset + size]
-            target = self._target(offset - 4)
+            if offset < self.DATA:
+                if offset == 0 and size == 4:
+                    return self._address.to_bytes(4, "little")
+                return b"\xff" * size
+            target = self._target(offset - self.DATA) if offset + size <= self.DATA + 4 else None
         if target is None:
             return b"\xff" * size
         return self._root.config_read(*target, size)
 
     def write(self, offset: int, data: bytes) -> None:
         with self._lock:
-            if offset < 4:
-                raw = bytearray(self._address.to_bytes(4, "little"))
-                raw[offset : offset + len(data)] = data
-                self._address = struct.unpack("<I", raw)[0] & 0x80FFFFFC
+            if offset < self.DATA:
+                if offset == 0 and len(data) == 4:
+                    self._address = int.from_bytes(data, "little") & 0x80FFFFFC
                 return
-            target = self._target(offset - 4)
+            target = self._target(offset - self.DATA) if offset + len(data) <= self.DATA + 4 else None
         if target is not None:
             self._root.config_write(*target, data)
 
 
 class PciConfigMmio:
-    """ECAM: bus 0's configuration space mapped as 1 MiB of MMIO (offset = dev << 15 | fn << 12 | reg)."""
+    """ECAM: bus 0's configuration space mapped as 1 MiB of MMIO (offset = dev << 15 | fn << 12 | reg).
+
+    Configuration requests are naturally aligned 1-, 2- or 4-byte accesses; others read as all ones.
+    """
 
     label = "pci-ecam"
+    access = Access(frozenset({1, 2, 4}), aligned=True)
 
     def __init__(self, root: PciRoot) -> None:
         self._root = root

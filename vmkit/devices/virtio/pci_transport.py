@@ -12,6 +12,7 @@ import struct
 import threading
 from typing import Protocol
 
+from vmkit.devices.bus import Access
 from vmkit.devices.pci.config_space import ConfigSpace
 from vmkit.devices.pci.msix import MsixTable, SignalMsi
 from vmkit.devices.virtio.queue import Virtqueue, VirtqueueError
@@ -36,6 +37,9 @@ ISR_QUEUE, ISR_CONFIG = 1, 2
 # enable, notify offset, and the three ring addresses.
 COMMON_LAYOUT = "<IIIIHHBBHHHHHQQQ"
 assert struct.calcsize(COMMON_LAYOUT) == 0x38
+# The fields a driver writes, by offset, with their widths (spec 4.1.4.3); the rest are read-only.
+COMMON_WRITABLE = {0x00: 4, 0x08: 4, 0x0C: 4, 0x10: 2, 0x14: 1, 0x16: 2, 0x18: 2, 0x1A: 2, 0x1C: 2}
+RING_ADDRESS_FIELDS = {0x20: "desc_table", 0x28: "avail_ring", 0x30: "used_ring"}
 
 
 def _feature_word(features: int, select: int) -> int:
@@ -82,12 +86,19 @@ class VirtioPciDevice:
         self._msix_cap = self.config.add_capability(
             CAP_MSIX, struct.pack("<HII", vectors - 1, MSIX_TABLE, MSIX_PBA), writable=b"\x00\xc0")
         self.msix = MsixTable(vectors, lambda: self.config.u16(self._msix_cap + 2), signal_msi)
+        self.config.on_written = self._config_written
         self.bar = VirtioPciBar(self)
         self.reset()
 
     def _add_virtio_cap(self, cfg_type: int, offset: int, length: int, extra: bytes = b"") -> None:
         body = struct.pack("<BBBBBBII", 16 + len(extra), cfg_type, 0, 0, 0, 0, offset, length) + extra
         self.config.add_capability(CAP_VENDOR, body)
+
+    def _config_written(self, offset: int, length: int) -> None:
+        """The message control word may have unmasked the function or enabled MSI-X."""
+        control = self._msix_cap + 2
+        if offset < control + 2 and control < offset + length:
+            self.msix.deliver_pending()
 
     # --- state ---------------------------------------------------------------
     def reset(self) -> None:
@@ -135,8 +146,22 @@ class VirtioPciDevice:
         return raw[offset : offset + size].ljust(size, b"\0")
 
     def write_common(self, offset: int, data: bytes) -> None:
+        """A driver write to the common configuration. Only a field's natural access reaches it (a
+        64-bit ring address also as two 32-bit halves, spec 4.1.3.1); any other write is ignored."""
         value = int.from_bytes(data, "little")
+        width = len(data)
         q = self._queue
+        if offset in RING_ADDRESS_FIELDS and width in (4, 8) or offset - 4 in RING_ADDRESS_FIELDS and width == 4:
+            if q is not None and not q.ready:            # a live queue's layout is fixed
+                field = RING_ADDRESS_FIELDS[offset & ~7]
+                if width == 8:
+                    setattr(q, field, value)
+                else:
+                    shift = 32 if offset & 4 else 0
+                    setattr(q, field, (getattr(q, field) & ~(0xFFFFFFFF << shift)) | (value << shift))
+            return
+        if COMMON_WRITABLE.get(offset) != width:
+            return
         if offset == 0x00:
             self.device_feature_select = value
         elif offset == 0x08:
@@ -150,12 +175,14 @@ class VirtioPciDevice:
             self._write_status(value)
         elif offset == 0x16:
             self.queue_select = value
-        elif q is None or q.ready and offset != 0x1A:
-            return                                   # a live queue's layout is fixed
-        elif offset == 0x18:
-            q.size = value
+        elif q is None:
+            return
         elif offset == 0x1A:
             q.msix_vector = value
+        elif q.ready:
+            return                                   # a live queue's size is fixed
+        elif offset == 0x18:
+            q.size = value
         elif offset == 0x1C and value == 1:
             try:
                 q.validate_layout(self.memory)
@@ -163,15 +190,6 @@ class VirtioPciDevice:
                 self._fail(f"queue {self.queue_select}: {exc}")
                 return
             q.ready = True
-        elif offset in (0x20, 0x24, 0x28, 0x2C, 0x30, 0x34):
-            field = {0x20: "desc_table", 0x28: "avail_ring", 0x30: "used_ring"}[offset & ~7]
-            current = getattr(q, field)
-            if offset & 4:
-                setattr(q, field, (current & 0xFFFFFFFF) | (value << 32))
-            elif len(data) == 8:
-                setattr(q, field, value)
-            else:
-                setattr(q, field, (current & ~0xFFFFFFFF) | value)
 
     def _write_status(self, value: int) -> None:
         if value == 0:
@@ -200,7 +218,15 @@ class VirtioPciDevice:
 
 
 class VirtioPciBar:
-    """BAR 0 of a virtio-pci function, as a device on the MMIO bus."""
+    """BAR 0 of a virtio-pci function, as a device on the MMIO bus.
+
+    Every width from 1 to 8 bytes reaches it; each region applies its own rules: reads of the
+    common and device configuration return their bytes (zeros past their end), writes reach only
+    whole fields; the ISR is read (and cleared) at its first byte; the MSI-X table and PBA take
+    aligned 4- and 8-byte accesses only, as the PCI spec defines.
+    """
+
+    access = Access(frozenset({1, 2, 4, 8}))
 
     def __init__(self, owner: VirtioPciDevice) -> None:
         self.owner = owner
@@ -212,6 +238,8 @@ class VirtioPciBar:
             if offset < ISR:
                 return o.read_common(offset, size)
             if offset < DEVICE:
+                if offset != ISR:
+                    return bytes(size)
                 isr, o.isr = o.isr, 0                      # reading the ISR clears it
                 return bytes([isr]).ljust(size, b"\0")
             if offset < NOTIFY:
@@ -232,4 +260,3 @@ class VirtioPciBar:
                 o.write_common(offset, data)
             elif MSIX_TABLE <= offset < MSIX_PBA:
                 o.msix.write_table(offset - MSIX_TABLE, data)
-
