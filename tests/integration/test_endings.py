@@ -77,3 +77,32 @@ def test_ctrl_a_x_on_a_terminal_quits_and_restores_it(spawn):
     finally:
         os.close(controller)
         os.close(terminal)
+
+
+def test_a_signal_after_the_status_is_decided_does_not_change_it(spawn):
+    proc = _start_waiting_guest(spawn, stdin=subprocess.PIPE)
+    proc.stdin.write(b"bye\n")
+    proc.stdin.flush()
+    for line in proc.stderr:
+        if b"(exit status" in line:
+            break
+    try:
+        for _ in range(20):                  # as long as the process lives, keep asking it to die
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.005)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
+    assert proc.returncode == 1              # the guest's status, not -15 or 143
+
+
+def test_the_exit_status_table_is_the_same_in_the_code_the_help_and_the_readme(vmkit):
+    from pathlib import Path
+
+    from vmkit.vmm.outcome import EXIT_STATUSES
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    help_text = " ".join(vmkit("run", "--help").stdout.split())
+    for row in EXIT_STATUSES:
+        assert f"| {row.status.replace('|', chr(92) + '|')} | {row.meaning} |" in readme, row
+        assert " ".join(f"{row.status} {row.meaning}".split()) in help_text, row

@@ -140,3 +140,60 @@ def test_mptable_checksums_and_cpu_entries():
     assert cpus == [0, 1, 2, 3]
     with pytest.raises(ValueError):
         build_mptable(0)
+
+
+def _reserved(e820, start, length):
+    return any(kind == 2 and base <= start and start + length <= base + size for base, size, kind in e820)
+
+
+def test_the_e820_map_is_the_pc_layout(memory, vmlinux_image):
+    """Written from the PC memory map, not from layout.py: base memory up to the EBDA's last KiB,
+    the BIOS area from 0xE0000 reserved, RAM from 1 MiB, and the PCI ECAM window reserved."""
+    load_guest(memory, vmlinux_image)
+    params = memory.read(layout.ZERO_PAGE_ADDR, 4096)
+    e820 = [struct.unpack_from("<QQI", params, 0x2D0 + 20 * i) for i in range(params[0x1E8])]
+    assert e820 == [(0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xE0000, 0x20000, 2),
+                    (0x100000, 15 * MIB, 1), (0xE0000000, 0x100000, 2)]
+
+
+@pytest.mark.parametrize("cpus", [1, 40, 41, 254])
+def test_mp_and_acpi_tables_fit_in_reserved_memory_for_every_cpu_count(cpus, vmlinux_image):
+    """A guest finds the MP floating pointer by scanning 0xF0000-0xFFFFF (MP spec 1.4, 4.0); the
+    table it points to and the ACPI tables must lie in reserved memory and not overlap."""
+    memory = GuestMemory.create(16 * MIB)
+    try:
+        load_guest(memory, vmlinux_image, num_cpus=cpus)
+        params = memory.read(layout.ZERO_PAGE_ADDR, 4096)
+        e820 = [struct.unpack_from("<QQI", params, 0x2D0 + 20 * i) for i in range(params[0x1E8])]
+        bios = memory.read(0xF0000, 0x10000)
+        pointer = next(p for p in range(0, 0x10000, 16) if bios[p : p + 4] == b"_MP_")
+        assert sum(bios[pointer : pointer + 16]) % 256 == 0
+        table_at = struct.unpack_from("<I", bios, pointer + 4)[0]
+        header = memory.read(table_at, 44)
+        length, count = struct.unpack_from("<H", header, 4)[0], struct.unpack_from("<H", header, 34)[0]
+        table = memory.read(table_at, length)
+        assert table[:4] == b"PCMP" and sum(table) % 256 == 0
+        assert _reserved(e820, 0xF0000 + pointer, 16) and _reserved(e820, table_at, length)
+        entries, at = [], 44
+        for _ in range(count):
+            entries.append(table[at])
+            at += 20 if table[at] == 0 else 8
+        assert entries.count(0) == cpus
+        rsdp = struct.unpack_from("<Q", params, 0x070)[0]
+        xsdt = struct.unpack_from("<Q", memory.read(rsdp + 24, 8))[0]
+        pointers = memory.read(xsdt, struct.unpack_from("<I", memory.read(xsdt + 4, 4))[0])[36:]
+        for (address,) in struct.iter_unpack("<Q", pointers):
+            size = struct.unpack_from("<I", memory.read(address + 4, 4))[0]
+            assert _reserved(e820, address, size)
+            assert address + size <= 0xF0000 + pointer or address >= table_at + length   # no overlap
+    finally:
+        memory.close()
+
+
+def test_pvh_start_info_names_the_rsdp(memory, pvh_image):
+    """hvm_start_info (xen/include/public/arch-x86/hvm/start_info.h): rsdp_paddr at offset 0x20."""
+    plan = load_guest(memory, pvh_image)
+    rsdp = struct.unpack_from("<Q", memory.read(plan.boot_info + 0x20, 8))[0]
+    found = memory.read(rsdp, 36)
+    assert found[:8] == b"RSD PTR " and sum(found[:20]) % 256 == 0 and sum(found) % 256 == 0
+    assert rsdp == 0xE0000                    # also where a guest scanning the BIOS area finds it
