@@ -397,7 +397,7 @@ def resolve_run(args: argparse.Namespace, notice: Callable[[str], None]) -> RunP
         notice(host.PVM_NOTICE)
         if not args.no_pvm_workarounds and is_linux(kernel):
             notice("vmkit: Linux runs in KVM's instruction emulator here: expect minutes, not milliseconds")
-            if not syscall_fixed and syscall_reaches_ring0() is False:
+            if not syscall_fixed and syscall_probe_remembered() is False:
                 notice("vmkit: warning: on this host `syscall` from guest ring 3 does not enter ring 0 "
                        "(PVM's paravirtual convention), so a stock Linux kernel boots but its userspace "
                        "is killed at the first system call; the kernels of `vmkit image build` carry a "
@@ -492,6 +492,33 @@ def syscall_reaches_ring0() -> bool | None:
     if "RESULT syscall_enters_ring0=" not in text:
         return None
     return "RESULT syscall_enters_ring0=1" in text
+
+
+def syscall_probe_remembered() -> bool | None:
+    """syscall_reaches_ring0(), run once per host boot: the answer belongs to the host's kernel, so
+    it is kept in the cache under the host's boot id and release, not probed at every start."""
+    from vmkit.cache import cache_root
+
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return syscall_reaches_ring0()
+    key = f"{boot_id} {os.uname().release}"
+    remembered = cache_root() / "host" / "syscall-probe"
+    try:
+        saved_key, _, answer = remembered.read_text().rpartition(" ")
+        if saved_key == key and answer in ("0", "1"):
+            return answer == "1"
+    except OSError:
+        pass
+    result = syscall_reaches_ring0()
+    if result is not None:
+        try:
+            remembered.parent.mkdir(parents=True, exist_ok=True)
+            remembered.write_text(f"{key} {int(result)}")
+        except OSError:
+            pass
+    return result
 
 
 def _stdin_usable() -> bool:

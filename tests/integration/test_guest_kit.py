@@ -83,3 +83,18 @@ def test_vmkit_probes_the_syscall_convention_itself():
     from vmkit.cli import syscall_reaches_ring0
 
     assert syscall_reaches_ring0() is (not ON_PVM)
+
+
+def test_the_syscall_probe_runs_once_per_host_boot(tmp_path, monkeypatch):
+    from tests.conftest import ON_PVM
+    from vmkit import cli
+
+    monkeypatch.setenv("VMKIT_CACHE_DIR", str(tmp_path))
+    assert cli.syscall_probe_remembered() is (not ON_PVM)
+    remembered = tmp_path / "host" / "syscall-probe"
+    key, _, answer = remembered.read_text().rpartition(" ")
+    assert answer == ("0" if ON_PVM else "1")
+    remembered.write_text(f"{key} {1 - int(answer)}")          # a remembered answer is not probed again
+    assert cli.syscall_probe_remembered() is ON_PVM
+    remembered.write_text(f"another-boot {answer}")            # another boot of the host: probed anew
+    assert cli.syscall_probe_remembered() is (not ON_PVM)
