@@ -1,8 +1,16 @@
 """Image building blocks: the cpio writer, the initramfs, the image store and the exit marker."""
 
+import contextlib
 import difflib
+import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +123,114 @@ def test_kernel_patches_apply_once_and_follow_changes(tmp_path, monkeypatch):
     (patches / "0001-broken.patch").write_text(_diff("mm/fault.c", "no such\nlines\n", "at all\n"))
     with pytest.raises(kernel.KernelBuildError, match="applying kernel patch 0001-broken.patch failed"):
         kernel._apply_patches(tree, applied.append)
+
+
+@pytest.mark.skipif(shutil.which("patch") is None, reason="patch is not installed")
+def test_a_kernel_patch_that_does_not_fit_leaves_the_tree_as_it_was(tmp_path, monkeypatch):
+    tree, patches = tmp_path / "tree", tmp_path / "patches"
+    (tree / "mm").mkdir(parents=True)
+    patches.mkdir()
+    (tree / "mm" / "a.c").write_text("one\n")
+    (tree / "mm" / "b.c").write_text("two\n")
+    monkeypatch.setattr(kernel, "PATCHES_DIR", patches)
+    (patches / "0001-half.patch").write_text(_diff("mm/a.c", "one\n", "ONE\n")          # fits
+                                            + _diff("mm/b.c", "no such line\n", "TWO\n"))  # does not
+    with pytest.raises(kernel.KernelBuildError, match="applying kernel patch 0001-half.patch failed"):
+        kernel._apply_patches(tree, lambda line: None)
+    assert (tree / "mm" / "a.c").read_text() == "one\n"       # not half applied
+    assert not (tree / kernel.APPLIED_PATCHES / "0001-half.patch").exists()
+    assert not (tree / kernel.PATCHING).exists()
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_kernel_source_extraction_cleans_up_after_killed_and_half_patched_builds(tmp_path):
+    top = tmp_path / "linux-source-9.9"
+    top.mkdir()
+    (top / "Makefile").write_text("all:\n")
+    source = tmp_path / "linux-source-9.9.tar.xz"
+    with tarfile.open(source, "w:xz") as archive:
+        archive.add(top, arcname="linux-source-9.9")
+    build_root = tmp_path / "build"
+    stale = build_root / f"linux-source-9.9.{_dead_pid()}.abcdefgh.partial"   # a killed vmkit's
+    (stale / "linux-source-9.9").mkdir(parents=True)
+    running = build_root / f"linux-source-9.9.{os.getpid()}.abcdefgh.partial"  # a running one's
+    running.mkdir()
+    said: list[str] = []
+
+    tree = kernel._extract(source, build_root, said.append)
+    assert (tree / "Makefile").read_text() == "all:\n"
+    assert sorted(build_root.iterdir()) == [tree, running]
+    assert kernel._extract(source, build_root, said.append) == tree and len(said) == 1   # kept
+
+    (tree / kernel.PATCHING).touch()                       # a patch was being applied when killed
+    (tree / "half-patched").touch()
+    kernel._extract(source, build_root, said.append)
+    assert sorted(p.name for p in tree.iterdir()) == ["Makefile"]
+    assert "extracting it again" in said[1]
+    assert sorted(build_root.iterdir()) == [tree, running]
+
+
+def _group_running(pgid: int) -> list[int]:
+    running = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            running.append(int(entry))
+    return running
+
+
+def _wait_for_file(path, seconds: float = 10) -> str:
+    deadline = time.monotonic() + seconds
+    while not (path.exists() and path.read_text().endswith("\n")):
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.01)
+    return path.read_text()
+
+
+def test_an_interrupted_kernel_build_step_kills_every_process_it_started(tmp_path):
+    pids = tmp_path / "pids"
+    script = (f"echo $$ > {pids}; sleep 60 & echo $! >> {pids}; sleep 60 & echo $! >> {pids}; "
+              "for i in $(seq 100); do echo \"  CC file$i.o\"; done; wait")
+
+    def progress(line: str) -> None:
+        raise KeyboardInterrupt                # what Ctrl-C raises in the middle of `make -j`
+
+    with pytest.raises(KeyboardInterrupt):
+        kernel._run(["sh", "-c", script], tmp_path, "make vmlinux", progress, re.compile(r"\s+CC\s"))
+    shell, *sleeps = map(int, pids.read_text().split())
+    assert len(sleeps) == 2
+    assert _group_running(shell) == []         # the shell led a group of its own; all of it is gone
+    for pid in (shell, *sleeps):
+        with contextlib.suppress(FileNotFoundError):
+            assert Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+
+
+def test_make_gets_sigterm_when_vmkit_dies_outright(tmp_path):
+    """PR_SET_PDEATHSIG: a SIGKILLed vmkit still stops `make`, with SIGTERM, so that it can stop
+    its jobs and delete what they left half-written."""
+    pid_file, got = tmp_path / "pid", tmp_path / "got"
+    script = f"trap 'echo TERM > {got}; exit 1' TERM; echo $$ > {pid_file}; sleep 60 & wait"
+    builder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
+                                "from vmkit.images import kernel; "
+                                "kernel._run(['sh', '-c', sys.argv[1]], Path('.'), 'make', print)", script],
+                               cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(kernel.__file__).parents[2])})
+    try:
+        _wait_for_file(pid_file)
+        builder.kill()
+        builder.wait()
+        assert _wait_for_file(got) == "TERM\n"
+    finally:
+        builder.kill()
+        builder.wait()
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)   # the orphaned sleep

@@ -1,4 +1,7 @@
-"""`vmkit image build`: make an image, or reuse it when none of its inputs changed."""
+"""`vmkit image build`: make an image, or reuse it when none of its inputs changed.
+
+The image's files are written under temporary names (NAME.PID.RANDOM.tmp) and renamed into place;
+the manifest comes last, so an interrupted build leaves no image that loads."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+from vmkit import buildproc
 from vmkit.images import initramfs, kernel, store
 
 IMAGE_KINDS = ("linux",)
@@ -41,11 +45,14 @@ def build_image(name: str = "linux", *, jobs: int | None = None, force: bool = F
     started = time.monotonic()
     path.mkdir(parents=True, exist_ok=True)
     (path / store.MANIFEST_FILE).unlink(missing_ok=True)       # incomplete until the end
+    buildproc.remove_stale(path)                                # left by a vmkit killed outright
     progress("[1/2] kernel")
     release = kernel.build_kernel(store.build_dir(), path / store.KERNEL_FILE,
                                   jobs or os.cpu_count() or 1, progress)
     progress("[2/2] initramfs (busybox-static and vmkit's init)")
-    (path / store.INITRD_FILE).write_bytes(initramfs.build_initramfs())
+    initrd = initramfs.build_initramfs()
+    with buildproc.replacing(path / store.INITRD_FILE) as partial:
+        partial.write_bytes(initrd)
     store.save_manifest(path, {"inputs": digest, "kind": name, "kernel_release": release,
                                "kernel_patches": list(kernel.patches()),
                                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

@@ -3,22 +3,30 @@
 Steps: extract the source tarball (once per source version), apply vmkit's patches (patches/),
 `make tinyconfig`, merge microvm.config, `make olddefconfig`, check every option took,
 `make vmlinux`. The result boots through PVH straight from the ELF vmlinux.
+
+Every command runs as a process group that an interruption kills whole (vmkit.buildproc); the
+extraction works in an owned NAME.PID.RANDOM.partial directory, and a patch is applied whole or
+not at all (a SIGKILL in the middle of one makes the next build extract the tree again).
 """
 
 from __future__ import annotations
 
+import collections
 import glob
 import os
 import re
 import shutil
-import subprocess
+import signal
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+from vmkit import buildproc
+
 CONFIG_FRAGMENT = Path(__file__).with_name("microvm.config")
 PATCHES_DIR = Path(__file__).with_name("patches")
 APPLIED_PATCHES = ".vmkit-patches"     # in the source tree: a copy of each patch applied there
+PATCHING = ".vmkit-patching"           # in the source tree while a patch is being applied
 # Makes the system calls of user programs on hosts where `syscall` does not leave ring 3 (PVM).
 SYSCALL_PATCH = "0001-x86-mm-finish-a-syscall-left-in-user-mode.patch"
 SOURCE_GLOB = "/usr/src/linux-source-*.tar.xz"
@@ -27,6 +35,10 @@ REQUIRED_TOOLS = {"make": "make", "gcc": "gcc", "bc": "bc", "bison": "bison", "f
 REQUIRED_HEADERS = {"/usr/include/gelf.h": "libelf-dev"}
 
 Progress = Callable[[str], None]
+# make, on SIGTERM, stops its jobs and deletes the targets they left half-written; SIGKILL would
+# leave both. So SIGTERM is what make gets when vmkit dies, and it gets time to finish with it.
+MAKE_DEATH_SIGNAL = signal.SIGTERM
+MAKE_GRACE_S = 10.0
 
 
 class KernelBuildError(RuntimeError):
@@ -56,51 +68,70 @@ def patches() -> dict[str, bytes]:
 def inputs_digest_parts(source: Path) -> list[bytes]:
     """What the kernel depends on: the source package, the patches, the configuration, the compiler."""
     info = source.stat()
-    gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout
+    gcc = buildproc.run(["gcc", "--version"]).stdout
     return [f"{source.name}:{info.st_size}:{int(info.st_mtime)}".encode(), *patches().values(),
-            CONFIG_FRAGMENT.read_bytes(), gcc.encode()]
+            CONFIG_FRAGMENT.read_bytes(), gcc]
 
 
 def _run(command: list[str], cwd: Path, what: str, progress: Progress,
          count_pattern: re.Pattern | None = None) -> None:
-    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail: list[str] = []
+    tail: collections.deque[str] = collections.deque(maxlen=30)
     compiled = 0
-    for line in proc.stdout:  # type: ignore[union-attr]
-        tail = (tail + [line.rstrip()])[-30:]
-        if count_pattern and count_pattern.match(line):
+
+    def line(text: str) -> None:
+        nonlocal compiled
+        tail.append(text.rstrip())
+        if count_pattern and count_pattern.match(text):
             compiled += 1
             if compiled % 100 == 0:
                 progress(f"  {what}: {compiled} files compiled")
-    if proc.wait() != 0:
+
+    if buildproc.stream(command, line, cwd=cwd, grace_s=MAKE_GRACE_S, death_signal=MAKE_DEATH_SIGNAL) != 0:
         raise KernelBuildError(f"{what} failed ({' '.join(command)}):\n" + "\n".join(tail))
 
 
 def _extract(source: Path, build_root: Path, progress: Progress) -> Path:
     tree = build_root / source.name.removesuffix(".tar.xz")
-    if (tree / "Makefile").exists():
+    if (tree / "Makefile").exists() and not (tree / PATCHING).exists():
         return tree
-    progress(f"extracting {source.name} (about 1.4 GB unpacked)")
     build_root.mkdir(parents=True, exist_ok=True)
-    partial = build_root / (tree.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    with tarfile.open(source) as archive:
-        archive.extractall(partial, filter="tar")
-    inner = next(partial.iterdir())
-    inner.rename(tree)
-    partial.rmdir()
+    buildproc.remove_stale(build_root, ".partial")               # left by a vmkit killed outright
+    shutil.rmtree(build_root / (tree.name + ".partial"), ignore_errors=True)   # by older vmkits
+    if tree.exists():
+        progress(f"{tree.name} was left half-patched (or incomplete): extracting it again")
+        buildproc.remove_tree(tree, ".partial")
+    progress(f"extracting {source.name} (about 1.4 GB unpacked)")
+    with buildproc.owned_tempdir(build_root, tree.name, ".partial") as partial:
+        with tarfile.open(source) as archive:
+            archive.extractall(partial, filter="tar")
+        next(partial.iterdir()).rename(tree)
     return tree
 
 
-def _patch(tree: Path, name: str, text: bytes, *, reverse: bool) -> None:
+def _patch(tree: Path, name: str, text: bytes, *, reverse: bool, record: Path) -> None:
+    """Apply (or revert) one patch and update its copy in `record`: checked with --dry-run first,
+    so a patch that does not fit leaves the tree as it was; then applied with the stop signals
+    held for the few milliseconds it takes, so an interruption cannot split it. Only a SIGKILL
+    can, and then the PATCHING mark stays: the next build extracts the tree again."""
     command = ["patch", "-p1", "--batch", "--no-backup-if-mismatch", "--reject-file=-",
                "--reverse" if reverse else "--forward"]
-    done = subprocess.run(command, cwd=tree, input=text, capture_output=True)
-    if done.returncode != 0:
-        what = "reverting" if reverse else "applying"
-        raise KernelBuildError(f"{what} kernel patch {name} failed:\n"
-                               + (done.stdout + done.stderr).decode(errors="replace"))
+    what = "reverting" if reverse else "applying"
+
+    def run(*extra: str) -> None:
+        done = buildproc.run([*command, *extra], cwd=tree, input=text)
+        if done.returncode != 0:
+            raise KernelBuildError(f"{what} kernel patch {name} failed:\n"
+                                   + (done.stdout + done.stderr).decode(errors="replace"))
+
+    run("--dry-run")
+    with buildproc.signals_held():
+        (tree / PATCHING).touch()
+        run()
+        if reverse:
+            (record / name).unlink()
+        else:
+            (record / name).write_bytes(text)
+        (tree / PATCHING).unlink()
 
 
 def _apply_patches(tree: Path, progress: Progress) -> None:
@@ -113,12 +144,10 @@ def _apply_patches(tree: Path, progress: Progress) -> None:
     if applied == wanted:
         return
     for name in reversed(applied):
-        _patch(tree, name, applied[name], reverse=True)
-        (record / name).unlink()
+        _patch(tree, name, applied[name], reverse=True, record=record)
     for name, text in wanted.items():
         progress(f"applying {name}")
-        _patch(tree, name, text, reverse=False)
-        (record / name).write_bytes(text)
+        _patch(tree, name, text, reverse=False, record=record)
 
 
 def _verify_config(tree: Path) -> None:
@@ -142,11 +171,15 @@ def build_kernel(build_root: Path, output: Path, jobs: int, progress: Progress) 
     _apply_patches(tree, progress)
     progress("configuring: tinyconfig + vmkit microvm.config")
     _run(["make", "tinyconfig"], tree, "make tinyconfig", progress)
+    for left in [*tree.glob(".tmp.config.*"), *tree.glob(".merge_tmp.config.*")]:
+        left.unlink()                 # merge_config.sh's temporary files, if one was killed outright
     _run(["scripts/kconfig/merge_config.sh", "-m", ".config", str(CONFIG_FRAGMENT)], tree, "merge_config", progress)
     _run(["make", "olddefconfig"], tree, "make olddefconfig", progress)
     _verify_config(tree)
     progress(f"compiling vmlinux with {jobs} jobs (a few minutes on 2 cores)")
     _run(["make", f"-j{jobs}", "vmlinux"], tree, "make vmlinux", progress, re.compile(r"\s+CC\s"))
-    shutil.copyfile(tree / "vmlinux", output)
-    release = subprocess.run(["make", "-s", "kernelrelease"], cwd=tree, capture_output=True, text=True)
-    return release.stdout.strip()
+    with buildproc.replacing(output) as partial:
+        shutil.copyfile(tree / "vmlinux", partial)
+    release = buildproc.run(["make", "-s", "kernelrelease"], cwd=tree,
+                            grace_s=MAKE_GRACE_S, death_signal=MAKE_DEATH_SIGNAL)
+    return release.stdout.decode(errors="replace").strip()
