@@ -31,8 +31,8 @@ EPILOG = "exit status of `vmkit run`:\n" + outcome.exit_status_help() + """
 other commands exit with 0 on success, 125 on an error of input or host, 70 on a bug in vmkit.
 """
 STOP_SIGNALS = {signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+SIGNAL_POLL_SECONDS = 0.05      # how soon the wait loop acts on a stop signal the handler recorded
 MAX_BOOT_FILE = 1 << 30          # a kernel or initrd larger than 1 GiB is refused before it is read
-IMAGE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 class StartError(Exception):
@@ -61,37 +61,75 @@ class Parser(argparse.ArgumentParser):
 class StopSignals:
     """SIGHUP, SIGINT and SIGTERM, from the first line of main to the last.
 
-    Before the VM runs, each raises Stopped in the main thread, so start-up unwinds and cleans up
-    (a guest build kills its compiler, a half-built VM closes its fds). While the VM runs, each stops
-    it with a signal outcome. Once the exit status is decided, they change nothing.
+    The first one decides the status. Before the VM runs, it raises Stopped in the main thread, so
+    start-up unwinds and cleans up (a guest build kills its compiler, a half-built VM closes its
+    fds); later ones change nothing while it unwinds. Python drops an exception raised where it
+    cannot propagate (a weakref callback, a finalizer): such a Stopped is not reported, the next
+    signal raises again, and start-up stops at the latest where the VM would start. While the VM
+    runs, the signal is only recorded, and the main thread's wait loop stops the VM with a signal
+    outcome: the handler takes no lock, since it may run in the middle of code that holds one. Once
+    the exit status is decided, they change nothing. A SIGHUP that vmkit's parent set to be ignored
+    (nohup) stays ignored; SIGINT and SIGTERM are always explicit requests.
     """
 
     def __init__(self) -> None:
-        self._machine: Machine | None = None
+        self._running = False
         self._decided = False
+        self._raised = False                 # a Stopped is unwinding start-up
         self._previous: dict[int, Any] = {}
+        self._previous_hook: Callable[[Any], object] | None = None
+        self.signum: int | None = None       # the first stop signal that arrived
 
     def install(self) -> None:
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)   # none arrives half-way through
+        try:
+            for signum in STOP_SIGNALS:
+                if signum != signal.SIGHUP or signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        if self._previous_hook is not None:
+            sys.unraisablehook = self._previous_hook
 
-    def running(self, machine: Machine) -> None:
-        self._machine = machine
+    def running(self) -> None:
+        """From now on a stop signal is only recorded, for the wait loop to act on. One that came
+        before and was dropped (see the class) stops start-up here, before the VM runs."""
+        if self.signum is not None and not self._decided:
+            self._raised = True
+            raise Stopped(self.signum)
+        self._running = True
 
     def decided(self) -> None:
         self._decided = True
 
+    def stop_outcome(self) -> outcome.Outcome | None:
+        """The signal outcome for the VM, once a stop signal arrived."""
+        if self.signum is None:
+            return None
+        return outcome.signalled(STOP_SIGNALS[self.signum], outcome.SIGNAL_STATUS_BASE + self.signum)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._decided:
             return
-        if self._machine is not None:
-            self._machine.stop(outcome.signalled(STOP_SIGNALS[signum], outcome.SIGNAL_STATUS_BASE + signum))
+        if self.signum is None:
+            self.signum = signum
+        if self._running or self._raised:
             return
-        raise Stopped(signum)
+        self._raised = True
+        raise Stopped(self.signum)
+
+    def _unraisable(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Stopped):
+            self._raised = False             # dropped where it was raised: let the next signal raise
+            return
+        if self._previous_hook is not None:
+            self._previous_hook(unraisable)
 
 
 def _positive(text: str) -> int:
@@ -176,24 +214,29 @@ def main(argv: Sequence[str] | None = None, *, keep_signal_handlers: bool = Fals
     The stop-signal handlers are restored on return unless `keep_signal_handlers` (the program's
     entry point keeps them, so a signal after the status is decided cannot change it)."""
     stops = StopSignals()
-    stops.install()
     arguments = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in arguments
     try:
-        args = build_parser().parse_args(arguments)
-        args.debug = debug                 # given before or after the subcommand
-        return _dispatch(args, stops)
-    except StartError as exc:
-        say(f"vmkit: error: {exc}")
-        return outcome.STATUS_START_ERROR
-    except Stopped as exc:
+        try:
+            stops.install()
+            args = build_parser().parse_args(arguments)
+            args.debug = debug                 # given before or after the subcommand
+            return _dispatch(args, stops)
+        except StartError as exc:
+            stops.decided()
+            say(f"vmkit: error: {exc}")
+            return outcome.STATUS_START_ERROR
+        except KeyboardInterrupt:            # SIGINT before the handler was installed
+            stops.decided()
+            say("vmkit: stopped by SIGINT before the VM ran")
+            return outcome.STATUS_SIGINT
+        except Exception as exc:
+            stops.decided()
+            return report_bug(f"internal error: {type(exc).__name__}: {exc}", traceback.format_exc(), debug)
+    except Stopped as exc:                   # before the VM ran, or while an error was being reported
+        stops.decided()
         say(f"vmkit: stopped by {STOP_SIGNALS[exc.signum]} before the VM ran")
         return outcome.SIGNAL_STATUS_BASE + exc.signum
-    except KeyboardInterrupt:            # SIGINT before the handler was installed
-        say("vmkit: stopped by SIGINT before the VM ran")
-        return outcome.STATUS_SIGINT
-    except Exception as exc:
-        return report_bug(f"internal error: {type(exc).__name__}: {exc}", traceback.format_exc(), debug)
     finally:
         stops.decided()
         if not keep_signal_handlers:
@@ -215,18 +258,40 @@ def entry() -> NoReturn:
 def _dispatch(args: argparse.Namespace, stops: StopSignals) -> int:
     if args.command == "guests":
         from vmkit.guest import program_names
-        print("\n".join(program_names()))
+        output("\n".join(program_names()))
         return 0
     if args.command == "image":
         return image_command(args)
     if args.command == "build-guest":
         from vmkit.guest import GuestBuildError, build_guest
         try:
-            print(build_guest(args.name, args.variant))
+            path = build_guest(args.name, args.variant)
         except GuestBuildError as exc:
             raise StartError(str(exc)) from None
+        output(str(path))
         return 0
     return run_vm(args, stops)
+
+
+def output(text: str) -> None:
+    """A command's result on stdout; StartError when it cannot be written (closed, or a full disk)."""
+    stream = sys.stdout
+    if stream is None:
+        raise StartError("cannot write the result: standard output is closed")
+    try:
+        print(text, file=stream, flush=True)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "it is closed"
+        raise StartError(f"cannot write the result to standard output: {reason}") from None
+
+
+def progress(line: str) -> None:
+    """A progress line on stdout; one that cannot be written is lost, and the work goes on."""
+    try:
+        if sys.stdout is not None:
+            print(line, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def report_bug(message: str, trace: str, debug: bool) -> int:
@@ -267,15 +332,16 @@ def image_command(args: argparse.Namespace) -> int:
     try:
         if args.image_command == "build":
             build_image(args.name, jobs=args.jobs, force=args.force,
-                        progress=lambda line: print(f"vmkit image: {line}", flush=True))
+                        progress=lambda line: progress(f"vmkit image: {line}"))
         elif args.image_command == "list":
             for image in store.list_images():
                 m = image.manifest
-                print(f"{image.name}\tLinux {m.get('kernel_release', '?')}\t"
-                      f"{image.size_bytes() / 2**20:.1f} MiB\tbuilt {m.get('built_at', '?')}\t{image.path}")
+                size = f"{image.size_bytes() / 2**20:.1f} MiB" if m else "damaged"
+                output(f"{image.name}\tLinux {m.get('kernel_release', '?')}\t"
+                       f"{size}\tbuilt {m.get('built_at', '?')}\t{image.path}")
         elif args.image_command == "rm":
             store.remove(args.name)
-            print(f"removed image {args.name}")
+            progress(f"removed image {args.name}")
     except (store.ImageError, KernelBuildError, InitramfsError) as exc:
         raise StartError(str(exc)) from None
     return 0
@@ -298,7 +364,12 @@ def run_vm(args: argparse.Namespace, stops: StopSignals) -> int:
     from vmkit.vmm.console import ConsoleInput
 
     quiet = args.quiet
-    plan = resolve_run(args, (lambda message: None) if quiet else say)
+    notices: list[str] = []             # said once the VM is built: a start error is the only line
+    plan = resolve_run(args, notices.append)
+    machine: Machine | None = None
+    console_input = None
+    profiler = None
+    result = None
     try:
         try:
             machine = build_machine(plan.config)
@@ -306,14 +377,9 @@ def run_vm(args: argparse.Namespace, stops: StopSignals) -> int:
             raise StartError(f"{plan.config.kernel_name}: {exc}") from None
         except (KvmError, ConfigError) as exc:
             raise StartError(str(exc)) from None
-    except BaseException:
-        plan.output.close()
-        raise
-
-    console_input = None
-    profiler = None
-    try:
-        stops.running(machine)
+        for notice in notices if not quiet else ():
+            say(notice)
+        stops.running()
         console_input = ConsoleInput(machine.devices["serial0"].receive,  # type: ignore[attr-defined]
                                      lambda: machine.stop(outcome.QUIT))
         machine.start()
@@ -323,16 +389,19 @@ def run_vm(args: argparse.Namespace, stops: StopSignals) -> int:
             machine.attach_profiler(profiler)
         if _stdin_usable():
             console_input.start()
-        result = None
         while result is None:
-            result = machine.wait(0.5)
+            stopped = stops.stop_outcome()
+            if stopped is not None:
+                machine.stop(stopped)            # here, not in the signal handler: it takes locks
+            result = machine.wait(SIGNAL_POLL_SECONDS)
     finally:
         if profiler is not None:
             profiler.stop()
             _write_profile(profiler, plan.kernel, args.profile_guest)
         if console_input is not None:
             console_input.stop()
-        machine.close()
+        if machine is not None:
+            machine.close()
         plan.output.close()
     stops.decided()
     if result.kind == "internal":
@@ -364,31 +433,32 @@ def resolve_run(args: argparse.Namespace, notice: Callable[[str], None]) -> RunP
     from vmkit.vmm.builder import is_linux
     from vmkit.vmm.config import MAX_VCPUS, ConfigError, VmConfig, check_cmdline
     from vmkit.vmm.console import ConsoleOutput
-    from vmkit.vmm.host_files import read_input_file
+    from vmkit.vmm.host_files import check_output_file, read_input_file
 
     try:
         command = args.guest_command[1:] if args.guest_command[:1] == ["--"] else args.guest_command
-        if command and not args.image:
+        if command and args.image is None:
             raise StartError(f"a command ({' '.join(command)}) runs only in a Linux image: use --image")
         if args.profile_guest is not None:
-            _check_writable(args.profile_guest, "--profile-guest")
+            check_output_file(args.profile_guest, "--profile-guest")
         limit = min(args.memory << 20, MAX_BOOT_FILE)
         cmdline, initrd, syscall_fixed = args.cmdline, None, False
         check_cmdline(cmdline)
-        if args.image:
+        if args.image is not None:
             kernel, kernel_name, initrd, cmdline, syscall_fixed = _linux_image(args.image, cmdline, command, limit)
         elif args.kernel is not None:
             kernel, kernel_name = read_input_file(args.kernel, "kernel", limit), args.kernel
         else:
-            kernel, kernel_name = _built_in_guest(args.guest or "hello")
+            kernel, kernel_name = _built_in_guest("hello" if args.guest is None else args.guest)
         if args.initrd is not None:
             initrd = read_input_file(args.initrd, "initrd", limit)   # replaces an image's initramfs
         config = VmConfig(kernel=kernel, kernel_name=kernel_name, cmdline=cmdline, initrd=initrd,
                           vcpus=args.cpus, memory_mib=args.memory, protocol=args.boot_protocol,
                           pvm_workarounds=not args.no_pvm_workarounds, devices=tuple(args.device))
         config.validate(host_max_vcpus=MAX_VCPUS)     # the host's own limit: checked by the builder
-        output = ConsoleOutput.for_target(args.console, on_error=say)
         detect_kind(kernel)                           # not a kernel: say so before anything is built
+        output = ConsoleOutput.for_target(args.console,
+                                          on_error=lambda message: say(f"vmkit: warning: {message}"))
     except ConfigError as exc:
         raise StartError(str(exc)) from None
     except BootError as exc:
@@ -402,19 +472,9 @@ def resolve_run(args: argparse.Namespace, notice: Callable[[str], None]) -> RunP
                        "(PVM's paravirtual convention), so a stock Linux kernel boots but its userspace "
                        "is killed at the first system call; the kernels of `vmkit image build` carry a "
                        "patch for it")
-    marker = ExitMarker(output.write) if args.image else None
+    marker = ExitMarker(output.write) if args.image is not None else None
     sink = marker.write if marker is not None else output.write
     return RunPlan(config._replace(console_output=sink), kernel, output, marker)
-
-
-def _check_writable(path: str, what: str) -> None:
-    """A file vmkit writes at the end must be writable now, not found unwritable after the run."""
-    target = Path(path)
-    if not path or target.is_dir():
-        raise StartError(f"{what}: {path!r} is not a file path")
-    folder = target.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise StartError(f"{what}: cannot write {path!r}: {str(folder)!r} is not a writable directory")
 
 
 class ExitMarker:
@@ -457,17 +517,16 @@ def _linux_image(name: str, cmdline: str, command: list[str],
     from vmkit.vmm.config import check_cmdline
     from vmkit.vmm.host_files import read_input_file
 
-    if not name or not set(name) <= IMAGE_NAME_CHARS or name.startswith("."):
-        raise StartError(f"--image: {name!r} is not an image name (letters, digits, '.', '_' and '-')")
     try:
         image = store.load(name)
     except store.ImageError as exc:
-        raise StartError(str(exc)) from None
+        raise StartError(f"--image: {exc}") from None
     full = " ".join(part for part in ("console=ttyS0", cmdline) if part)
     if command:
         full += " -- " + " ".join(command)   # Linux hands what follows "--" to init as arguments
     check_cmdline(full)
-    syscall_fixed = kernel.SYSCALL_PATCH in image.manifest.get("kernel_patches", ())
+    patches = image.manifest.get("kernel_patches")
+    syscall_fixed = isinstance(patches, list) and kernel.SYSCALL_PATCH in patches
     return (read_input_file(str(image.kernel), f"image {name}: kernel", limit), f"image {name}",
             read_input_file(str(image.initrd), f"image {name}: initramfs", limit), full, syscall_fixed)
 
@@ -509,7 +568,7 @@ def syscall_probe_remembered() -> bool | None:
         saved_key, _, answer = remembered.read_text().rpartition(" ")
         if saved_key == key and answer in ("0", "1"):
             return answer == "1"
-    except OSError:
+    except (OSError, ValueError):     # missing, or not text
         pass
     result = syscall_reaches_ring0()
     if result is not None:

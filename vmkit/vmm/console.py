@@ -81,13 +81,15 @@ def _usable_fd(stream: TextIO | None) -> int | None:
 
 
 class ConsoleInput:
-    """Reads stdin on a thread and feeds the guest; handles the escape sequence on terminals."""
+    """Reads stdin on a thread and feeds the guest; handles the escape sequence on terminals.
+
+    With stdin closed there is nothing to read: start() does nothing."""
 
     def __init__(self, deliver: Callable[[bytes], int], on_quit: Callable[[], None],
                  fd: int | None = None) -> None:
         self._deliver = deliver
         self._on_quit = on_quit
-        self._fd = sys.stdin.fileno() if fd is None else fd
+        self._fd = _usable_fd(sys.stdin) if fd is None else fd
         self._wake_r, self._wake_w = os.pipe()
         self._saved_tty: list | None = None
         self._escape_pending = False
@@ -95,9 +97,11 @@ class ConsoleInput:
 
     @property
     def is_terminal(self) -> bool:
-        return os.isatty(self._fd)
+        return self._fd is not None and os.isatty(self._fd)
 
     def start(self) -> None:
+        if self._fd is None:
+            return
         if self.is_terminal:
             self._saved_tty = termios.tcgetattr(self._fd)
             tty.setraw(self._fd)
@@ -111,7 +115,7 @@ class ConsoleInput:
         if self._thread.is_alive():
             os.write(self._wake_w, b"x")
             self._thread.join(1.0)
-        if self._saved_tty is not None:
+        if self._saved_tty is not None and self._fd is not None:
             termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved_tty)
             self._saved_tty = None
         os.close(self._wake_r)
@@ -119,15 +123,18 @@ class ConsoleInput:
         self._wake_r = self._wake_w = -1
 
     def _loop(self) -> None:
+        fd = self._fd
+        if fd is None:
+            return
         while True:
             try:
-                ready, _, _ = select.select([self._fd, self._wake_r], [], [])
+                ready, _, _ = select.select([fd, self._wake_r], [], [])
             except (OSError, ValueError):
                 return
             if self._wake_r in ready:
                 return
             try:
-                data = os.read(self._fd, 4096)
+                data = os.read(fd, 4096)
             except OSError:
                 return
             if not data:

@@ -37,6 +37,8 @@ def _open(path: str, what: str, flags: int, mode: int = 0o666) -> int:
         return os.open(path, flags | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, mode)
     except ValueError:
         raise ConfigError(f"{what} {path!r}: a path cannot contain a NUL byte") from None
+    except FileExistsError:             # O_EXCL: the caller decides
+        raise
     except FileNotFoundError:
         raise ConfigError(f"{what} {path!r} does not exist") from None
     except IsADirectoryError:
@@ -100,3 +102,26 @@ def open_output_file(path: str, what: str) -> int:
     except BaseException:
         os.close(fd)
         raise
+
+
+def check_output_file(path: str, what: str) -> None:
+    """That vmkit will be able to write `path` at the end of a run (a report), checked now: a file
+    that does not exist is created and removed again, one that exists is opened but not truncated.
+    It must be a regular file or a character device (/dev/null)."""
+    try:
+        fd = _open(path, what, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        created = True
+    except FileExistsError:
+        fd = _open(path, what, os.O_WRONLY)
+        created = False
+    try:
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind not in (stat.S_IFREG, stat.S_IFCHR):
+            raise ConfigError(f"{what} {path!r} is {_KINDS.get(kind, 'not a file')}, not a file to write to")
+    finally:
+        os.close(fd)
+        if created:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

@@ -106,8 +106,12 @@ def load_guest(
     if chosen == "pvh":
         if elf.pvh_entry is None:
             raise BootError("this ELF has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); boot it as linux64")
+        if not elf.loads(elf.pvh_entry):
+            raise KernelFormatError(f"the PVH entry point {elf.pvh_entry:#x} is not in a loaded segment")
         _write_start_info(memory, e820, initrd_at, rsdp)
         return BootPlan("pvh", kind, elf.pvh_entry, layout.PVH_START_INFO_ADDR, elf.end, initrd_at)
+    if not elf.loads(elf.entry):
+        raise KernelFormatError(f"the ELF entry point {elf.entry:#x} (e_entry) is not in a loaded segment")
     _write_boot_params(memory, _vmlinux_setup_header(), e820, len(cmdline_bytes) - 1, initrd_at,
                        rng_seed=True, rsdp=rsdp)
     return BootPlan("linux64", kind, elf.entry, layout.ZERO_PAGE_ADDR, elf.end, initrd_at)

@@ -16,6 +16,7 @@ MIN_VERSION = 0x020C      # 2.12: xloadflags and the 64-bit entry
 XLF_KERNEL_64 = 1 << 0
 LOADED_HIGH = 1 << 0
 ENTRY_64_OFFSET = 0x200
+SETUP_HEADER_END = 0x268  # the 2.12 header ends after init_size (0x260) and handover_offset (0x264)
 
 
 class BzImage(NamedTuple):
@@ -41,10 +42,15 @@ def load_bzimage(memory: GuestMemory, data: bytes) -> BzImage:
             f"bzImage boot protocol {version >> 8}.{version & 0xFF:02d} is too old; "
             "vmkit needs 2.12 or later (the 64-bit entry point)"
         )
+    if len(data) < SETUP_HEADER_END:
+        raise KernelFormatError(f"bzImage is truncated: {len(data)} bytes, less than its setup header "
+                                f"({SETUP_HEADER_END:#x} bytes)")
     loadflags = data[0x211]
     xloadflags, = struct.unpack_from("<H", data, 0x236)
-    if not loadflags & LOADED_HIGH or not xloadflags & XLF_KERNEL_64:
+    if not xloadflags & XLF_KERNEL_64:
         raise KernelFormatError("bzImage is not a 64-bit kernel (XLF_KERNEL_64 not set)")
+    if not loadflags & LOADED_HIGH:
+        raise KernelFormatError("bzImage does not load at 1 MiB (LOADED_HIGH not set)")
     setup_sects = data[0x1F1] or 4
     payload_offset = (setup_sects + 1) * 512
     if payload_offset >= len(data):

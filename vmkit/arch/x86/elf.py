@@ -6,6 +6,7 @@ import struct
 from typing import NamedTuple
 
 from vmkit.arch.x86.errors import KernelFormatError, NotEnoughMemory
+from vmkit.arch.x86.layout import HIGH_MEMORY_START
 from vmkit.memory import GuestMemory
 
 ELF_MAGIC = b"\x7fELF"
@@ -18,6 +19,11 @@ class ElfKernel(NamedTuple):
     entry: int             # e_entry (the 64-bit entry for a vmlinux)
     pvh_entry: int | None  # 32-bit PVH entry from the Xen note, if any
     end: int               # first byte above the loaded image
+    loaded: tuple[tuple[int, int], ...] = ()   # [start, end) of each loaded segment
+
+    def loads(self, address: int) -> bool:
+        """Whether `address` lies in a segment that was loaded (where an entry point must be)."""
+        return any(start <= address < end for start, end in self.loaded)
 
 
 def is_elf(data: bytes) -> bool:
@@ -26,7 +32,11 @@ def is_elf(data: bytes) -> bool:
 
 def _parse_notes(data: bytes, offset: int, size: int) -> int | None:
     pos, end = offset, offset + size
-    while pos + 12 <= end:
+    while pos < end:
+        if pos + 12 > end:
+            if any(data[pos:end]):            # zero bytes after the last note are alignment padding
+                raise KernelFormatError(f"ELF note at file offset {pos:#x} runs past its segment")
+            break
         namesz, descsz, note_type = struct.unpack_from("<III", data, pos)
         name_start = pos + 12
         desc_start = name_start + ((namesz + 3) & ~3)
@@ -34,7 +44,10 @@ def _parse_notes(data: bytes, offset: int, size: int) -> int | None:
         if next_pos > end:
             raise KernelFormatError(f"ELF note at file offset {pos:#x} runs past its segment")
         name = data[name_start : name_start + namesz].rstrip(b"\0")
-        if name == b"Xen" and note_type == XEN_ELFNOTE_PHYS32_ENTRY and descsz in (4, 8):
+        if name == b"Xen" and note_type == XEN_ELFNOTE_PHYS32_ENTRY:
+            if descsz not in (4, 8):
+                raise KernelFormatError(f"ELF note at file offset {pos:#x}: the PVH entry "
+                                        f"(XEN_ELFNOTE_PHYS32_ENTRY) is {descsz} bytes, not 4 or 8")
             fmt = "<I" if descsz == 4 else "<Q"
             return struct.unpack_from(fmt, data, desc_start)[0] & 0xFFFFFFFF
         pos = next_pos
@@ -51,14 +64,18 @@ class ProgramHeader(NamedTuple):
 
 def program_headers(data: bytes) -> tuple[int, list[ProgramHeader]]:
     """(e_entry, program headers) of a little-endian x86 ELF32 or ELF64 file, validated."""
-    if len(data) < 52 or not is_elf(data):
+    if not is_elf(data):
         raise KernelFormatError("not an ELF file")
+    if len(data) < 52:
+        raise KernelFormatError(f"truncated ELF header: the file is {len(data)} bytes")
     elf_class, endian = data[4], data[5]
-    if endian != 1:
+    if endian == 2:
         raise KernelFormatError("big-endian ELF cannot be an x86 kernel")
+    if endian != 1:
+        raise KernelFormatError(f"unknown ELF data encoding {endian} (an x86 kernel is little-endian: 1)")
     if elf_class == 2:
         if len(data) < 64:
-            raise KernelFormatError("truncated ELF64 header")
+            raise KernelFormatError(f"truncated ELF64 header: the file is {len(data)} bytes")
         entry, phoff = struct.unpack_from("<QQ", data, 24)
         phentsize, phnum = struct.unpack_from("<HH", data, 54)
         ph_fmt = "<IIQQQQQQ"  # type flags offset vaddr paddr filesz memsz align
@@ -99,12 +116,19 @@ def load_elf(memory: GuestMemory, data: bytes) -> ElfKernel:
     """Copy every PT_LOAD segment to its physical address; find the PVH note."""
     entry, headers = program_headers(data)
     end = 0
-    loaded = 0
+    loaded: list[tuple[int, int]] = []
     for i, ph in enumerate(headers):
-        if ph.type != PT_LOAD or ph.memsz == 0:
+        if ph.type != PT_LOAD:
             continue
         if ph.filesz > ph.memsz:
-            raise KernelFormatError(f"ELF segment {i} has filesz > memsz")
+            raise KernelFormatError(f"ELF segment {i} has filesz > memsz ({ph.filesz:#x} > {ph.memsz:#x})")
+        if ph.memsz == 0:
+            continue
+        if ph.paddr < HIGH_MEMORY_START:
+            raise KernelFormatError(
+                f"ELF segment {i} at [{ph.paddr:#x}, {ph.paddr + ph.memsz:#x}) lies below 1 MiB, where "
+                "vmkit keeps the boot structures; a kernel loads at 1 MiB or above"
+            )
         if not memory.contains(ph.paddr, ph.memsz):
             raise NotEnoughMemory(
                 f"ELF segment {i} at [{ph.paddr:#x}, {ph.paddr + ph.memsz:#x}) is outside guest RAM "
@@ -113,7 +137,7 @@ def load_elf(memory: GuestMemory, data: bytes) -> ElfKernel:
         memory.write(ph.paddr, data[ph.offset : ph.offset + ph.filesz])
         memory.view(ph.paddr + ph.filesz, ph.memsz - ph.filesz)[:] = bytes(ph.memsz - ph.filesz)
         end = max(end, ph.paddr + ph.memsz)
-        loaded += 1
+        loaded.append((ph.paddr, ph.paddr + ph.memsz))
     if not loaded:
         raise KernelFormatError("ELF file has no loadable segments")
-    return ElfKernel(entry=entry, pvh_entry=find_pvh_entry(data, headers), end=end)
+    return ElfKernel(entry=entry, pvh_entry=find_pvh_entry(data, headers), end=end, loaded=tuple(loaded))
