@@ -377,7 +377,7 @@ def run_vm(args: argparse.Namespace, stops: StopSignals) -> int:
             raise StartError(f"{plan.config.kernel_name}: {exc}") from None
         except (KvmError, ConfigError) as exc:
             raise StartError(str(exc)) from None
-        for notice in notices if not quiet else ():
+        for notice in [*notices, *machine.notes] if not quiet else ():
             say(notice)
         stops.running()
         console_input = ConsoleInput(machine.devices["serial0"].receive,  # type: ignore[attr-defined]

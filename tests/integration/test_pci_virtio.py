@@ -45,3 +45,45 @@ def test_hostile_descriptor_gets_needs_reset_and_the_vmm_keeps_running(boot):
 def test_virtio_rng_absent_is_reported(boot):
     done = boot("virtio_rng")
     assert done.returncode == 5 and done.results()["virtio_rng"] == "absent"   # exit(2)
+
+
+def _record_bar_writes(machine):
+    function = machine.devices["pci"].functions[1]
+    writes = []
+    real_write = function.bar.write
+
+    def recording(offset, data):
+        writes.append(offset)
+        real_write(offset, data)
+
+    function.bar.write = recording
+    return writes
+
+
+def test_queue_kicks_complete_in_the_kernel_and_are_served_on_the_io_thread(machine_factory):
+    from vmkit.devices.virtio.pci_transport import MSIX_TABLE, NOTIFY
+
+    machine, console = machine_factory("virtio_rng", devices=("virtio-rng",))
+    assert machine.io_engine is not None and machine.notes == []
+    writes = _record_bar_writes(machine)
+    machine.start()
+    assert machine.wait(60).status == 1, console.text
+    assert "RESULT polled_bytes=32" in console.text and "RESULT msix_bytes=32" in console.text
+    assert [o for o in writes if NOTIFY <= o < MSIX_TABLE] == []       # no kick reached a vCPU thread
+    assert any(o < NOTIFY for o in writes)                             # while set-up writes did
+
+
+def test_without_ioeventfd_kicks_exit_to_vmkit_and_it_says_so(machine_factory, monkeypatch):
+    from vmkit.devices.virtio.pci_transport import MSIX_TABLE, NOTIFY
+    from vmkit.kvm import Kvm
+    from vmkit.kvm.constants import CAP_IOEVENTFD
+
+    real = Kvm.check_extension
+    monkeypatch.setattr(Kvm, "check_extension", lambda self, cap: 0 if cap == CAP_IOEVENTFD else real(self, cap))
+    machine, console = machine_factory("virtio_rng", devices=("virtio-rng",))
+    assert machine.io_engine is None and "no ioeventfd" in machine.notes[0]
+    writes = _record_bar_writes(machine)
+    machine.start()
+    assert machine.wait(60).status == 1, console.text
+    assert "RESULT polled_bytes=32" in console.text
+    assert [o for o in writes if NOTIFY <= o < MSIX_TABLE]              # the kicks came as exits

@@ -166,6 +166,46 @@ class Msi(ctypes.Structure):
                 ("devid", u32), ("pad", u8 * 12)]
 
 
+class IoEventFd(ctypes.Structure):
+    """struct kvm_ioeventfd: a guest write to (addr, len) signals fd inside the kernel."""
+
+    _fields_ = [("datamatch", u64), ("addr", u64), ("len", u32), ("fd", ctypes.c_int32), ("flags", u32),
+                ("pad", u8 * 36)]
+
+
+class IrqFd(ctypes.Structure):
+    """struct kvm_irqfd: a write to fd raises the interrupt routed to gsi."""
+
+    _fields_ = [("fd", u32), ("gsi", u32), ("flags", u32), ("resamplefd", u32), ("pad", u8 * 16)]
+
+
+class _IrqchipRoute(ctypes.Structure):
+    _fields_ = [("irqchip", u32), ("pin", u32)]
+
+
+class _MsiRoute(ctypes.Structure):
+    _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("devid", u32)]
+
+
+class _RouteUnion(ctypes.Union):
+    _fields_ = [("irqchip", _IrqchipRoute), ("msi", _MsiRoute), ("pad", u32 * 8)]
+
+
+class IrqRoutingEntry(ctypes.Structure):
+    """struct kvm_irq_routing_entry: where a GSI goes (an irqchip pin, or an MSI message)."""
+
+    _fields_ = [("gsi", u32), ("type", u32), ("flags", u32), ("pad", u32), ("u", _RouteUnion)]
+
+
+def irq_routing_struct(count: int) -> type[ctypes.Structure]:
+    """A kvm_irq_routing header followed by `count` entries."""
+
+    class IrqRouting(ctypes.Structure):
+        _fields_ = [("nr", u32), ("flags", u32), ("entries", IrqRoutingEntry * count)]
+
+    return IrqRouting
+
+
 # --- struct kvm_run: the shared page a vCPU's exits are reported in --------
 
 
@@ -224,4 +264,7 @@ assert ctypes.sizeof(Regs) == 144
 assert ctypes.sizeof(Sregs) == 312
 assert ctypes.sizeof(VcpuEvents) == 64
 assert ctypes.sizeof(CpuidEntry2) == 40
+assert ctypes.sizeof(IoEventFd) == 64
+assert ctypes.sizeof(IrqFd) == 32
+assert ctypes.sizeof(IrqRoutingEntry) == 48
 assert KvmRun.exit.offset == 32

@@ -11,6 +11,8 @@ The machine comes back in the CREATED state; Machine.start runs it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vmkit.arch.x86 import acpi, cpu_state, layout
 from vmkit.arch.x86.boot import BootPlan, detect_kind, load_guest
 from vmkit.arch.x86.cpuid import vcpu_cpuid
@@ -24,11 +26,16 @@ from vmkit.devices.legacy.rtc import CmosRtc
 from vmkit.devices.legacy.serial import Serial16550
 from vmkit.devices.pci.root import HostBridge, PciConfigIo, PciConfigMmio, PciRoot
 from vmkit.kvm import Kvm, KvmError, VcpuFd, VmFd
+from vmkit.kvm.constants import CAP_IOEVENTFD
 from vmkit.memory import GuestMemory
 from vmkit.vmm import host, outcome
 from vmkit.vmm.config import ConfigError, VmConfig
+from vmkit.vmm.io_engine import IoEngine
 from vmkit.vmm.machine import Buses, Machine
 from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner
+
+if TYPE_CHECKING:
+    from vmkit.vmm.queue_kicks import QueueKicks
 
 I8042_PORT = 0x60
 RTC_PORT = 0x70
@@ -52,6 +59,9 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
     vm_fd: VmFd | None = None
     memory: GuestMemory | None = None
     vcpus: list[VcpuFd] = []
+    engine: IoEngine | None = None
+    kicks: list[QueueKicks] = []
+    notes: list[str] = []
     try:
         config.validate(kvm.max_vcpus)
         on_pvm = host.host_kind() == "pvm"
@@ -101,7 +111,11 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         pio.insert(devices["debug-exit"], DEBUG_EXIT_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["debugcon"], DEBUGCON_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["acpi-power"], acpi.SLEEP_CONTROL_PORT, 3)  # type: ignore[arg-type]
-        devices["pci"] = _attach_pci(config, memory, vm_fd, pio, mmio)
+        if config.devices and kvm.check_extension(CAP_IOEVENTFD):
+            engine = IoEngine(lambda message, trace: end_vm(outcome.internal(message, trace)))
+        elif config.devices:
+            notes.append("vmkit: this host's KVM has no ioeventfd, so virtio queue kicks exit to vmkit (slower)")
+        devices["pci"] = _attach_pci(config, memory, vm_fd, pio, mmio, engine, kicks)
 
         # 5. vCPUs
         supported_cpuid = kvm.supported_cpuid()
@@ -116,10 +130,15 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
 
         control = RunControl(config.vcpus)
         runners = [VcpuRunner(v, pio, mmio, end_vm, control, complete_unemulated=on_pvm) for v in vcpus]
-        machine = Machine(kvm, vm_fd, memory, Buses(pio, mmio), runners, control, boot, devices)
+        machine = Machine(kvm, vm_fd, memory, Buses(pio, mmio), runners, control, boot, devices,
+                          io_engine=engine, io_resources=kicks, notes=notes)
         machine_ref.append(machine)
         return machine
     except BaseException:
+        for kick in kicks:
+            kick.close()
+        if engine is not None:
+            engine.close()
         for vcpu in vcpus:
             vcpu.close()
         if vm_fd is not None:
@@ -130,8 +149,11 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         raise
 
 
-def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mmio: Bus) -> PciRoot:
-    """Bus 0: the host bridge in slot 0, then the configured devices in order (stable slots)."""
+def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mmio: Bus,
+                engine: IoEngine | None, kicks: list[QueueKicks]) -> PciRoot:
+    """Bus 0: the host bridge in slot 0, then the configured devices in order (stable slots). With
+    an engine, each device's queue kicks become ioeventfds served on the I/O thread (appended to
+    `kicks`); without one they exit to the vCPU thread that wrote them."""
     root = PciRoot()
     root.add(HostBridge(), slot=0)
     pio.insert(PciConfigIo(root), PCI_CONFIG_PORT, 8)
@@ -141,6 +163,7 @@ def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mm
     # The virtio stack is imported only when a device asks for it: start-up pays for what it uses.
     from vmkit.devices.virtio.pci_transport import BAR_SIZE, VirtioPciDevice
     from vmkit.devices.virtio.rng import VirtioRng
+    from vmkit.vmm.queue_kicks import QueueKicks
 
     def signal_msi(address: int, data: int) -> None:
         """Deliver an MSI the guest programmed; one KVM refuses (a bad address) is dropped."""
@@ -156,10 +179,16 @@ def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mm
             function = VirtioPciDevice(VirtioRng(), memory, bar, signal_msi)
         root.add(function, slot)
         mmio.insert(function.bar, bar, BAR_SIZE)
+        kick = QueueKicks(vm_fd, engine, function, bar) if engine is not None else None
+        if kick is not None:
+            kicks.append(kick)
 
-        def moved(index: int, old: int, new: int, function: VirtioPciDevice = function) -> None:
+        def moved(index: int, old: int, new: int, function: VirtioPciDevice = function,
+                  kick: QueueKicks | None = kick) -> None:
             """Follow the guest's BAR writes; a BAR placed over another device stays unmapped."""
-            mmio.move(function.bar, old, new, BAR_SIZE)
+            mapped = mmio.move(function.bar, old, new, BAR_SIZE)
+            if kick is not None:
+                kick.place(new if mapped else None)
 
         function.config.on_bar_moved = moved
     return root

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import threading
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from vmkit.arch.x86.boot import BootPlan
 from vmkit.devices.bus import Bus
 from vmkit.kvm import Kvm, VmFd
 from vmkit.memory import GuestMemory
 from vmkit.vmm.guest_profiler import GuestProfiler
+from vmkit.vmm.io_engine import IoEngine
 from vmkit.vmm.outcome import Outcome
 from vmkit.vmm.state import Lifecycle, VmState
 from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner, install_kick_handler
+
+if TYPE_CHECKING:
+    from vmkit.vmm.queue_kicks import QueueKicks
 
 
 class Buses(NamedTuple):
@@ -25,7 +29,8 @@ class Machine:
 
     def __init__(self, kvm: Kvm, vm_fd: VmFd, memory: GuestMemory, buses: Buses,
                  runners: list[VcpuRunner], control: RunControl, boot: BootPlan,
-                 devices: dict[str, object]) -> None:
+                 devices: dict[str, object], io_engine: IoEngine | None = None,
+                 io_resources: list[QueueKicks] | None = None, notes: list[str] | None = None) -> None:
         self.kvm = kvm
         self.vm_fd = vm_fd
         self.memory = memory
@@ -34,6 +39,9 @@ class Machine:
         self.control = control
         self.boot = boot
         self.devices = devices
+        self.io_engine = io_engine
+        self.io_resources = io_resources or []
+        self.notes = notes or []          # what a user should know about this machine (said once)
         self.lifecycle = Lifecycle()
         self._outcome: Outcome | None = None
         self._ended = threading.Event()
@@ -51,6 +59,8 @@ class Machine:
     def start(self) -> None:
         install_kick_handler()
         self.lifecycle.apply("start")
+        if self.io_engine is not None:
+            self.io_engine.start()
         for runner in self.runners:
             runner.start()
 
@@ -112,6 +122,12 @@ class Machine:
                     runner.thread.join(0.1)
                     if not runner.thread.is_alive():
                         break
+        if self.io_engine is not None:
+            self.io_engine.stop()
+        for resource in self.io_resources:
+            resource.close()
+        if self.io_engine is not None:
+            self.io_engine.close()
         for runner in self.runners:
             if not runner.thread.is_alive():
                 runner.vcpu.close()
