@@ -169,6 +169,9 @@ def build_parser() -> Parser:
                      help="force a boot protocol (default: PVH when the ELF has the note, else linux64)")
     run.add_argument("--device", "-d", action="append", default=[], metavar="TYPE",
                      help="add a PCI device (repeatable): virtio-rng")
+    run.add_argument("--disk", action="append", default=[], metavar="PATH[,ro][,format=F][,cache=C]",
+                     help="a virtio-blk disk (repeatable: /dev/vda, /dev/vdb, ...): a raw or qcow2 image, "
+                          "format probed unless given (raw|qcow2), cache=writeback (default), none or unsafe")
     run.add_argument("--no-pvm-workarounds", action="store_true",
                      help="on PVM hosts, do not add the Linux command-line switches (clearcpuid=...) and do "
                           "not hide KVM's hypercall-based paravirtual features from the guest")
@@ -431,7 +434,7 @@ def resolve_run(args: argparse.Namespace, notice: Callable[[str], None]) -> RunP
     from vmkit.arch.x86.errors import BootError
     from vmkit.vmm import host
     from vmkit.vmm.builder import is_linux
-    from vmkit.vmm.config import MAX_VCPUS, ConfigError, VmConfig, check_cmdline
+    from vmkit.vmm.config import MAX_VCPUS, ConfigError, DiskSpec, VmConfig, check_cmdline
     from vmkit.vmm.console import ConsoleOutput
     from vmkit.vmm.host_files import check_output_file, read_input_file
 
@@ -454,7 +457,8 @@ def resolve_run(args: argparse.Namespace, notice: Callable[[str], None]) -> RunP
             initrd = read_input_file(args.initrd, "initrd", limit)   # replaces an image's initramfs
         config = VmConfig(kernel=kernel, kernel_name=kernel_name, cmdline=cmdline, initrd=initrd,
                           vcpus=args.cpus, memory_mib=args.memory, protocol=args.boot_protocol,
-                          pvm_workarounds=not args.no_pvm_workarounds, devices=tuple(args.device))
+                          pvm_workarounds=not args.no_pvm_workarounds, devices=tuple(args.device),
+                          disks=tuple(DiskSpec.parse(text) for text in args.disk))
         config.validate(host_max_vcpus=MAX_VCPUS)     # the host's own limit: checked by the builder
         detect_kind(kernel)                           # not a kernel: say so before anything is built
         output = ConsoleOutput.for_target(args.console,

@@ -11,7 +11,7 @@ The machine comes back in the CREATED state; Machine.start runs it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from vmkit.arch.x86 import acpi, cpu_state, layout
 from vmkit.arch.x86.boot import BootPlan, detect_kind, load_guest
@@ -29,12 +29,13 @@ from vmkit.kvm import Kvm, KvmError, VcpuFd, VmFd
 from vmkit.kvm.constants import CAP_IOEVENTFD
 from vmkit.memory import GuestMemory
 from vmkit.vmm import host, outcome
-from vmkit.vmm.config import ConfigError, VmConfig
+from vmkit.vmm.config import ConfigError, DiskSpec, VmConfig
 from vmkit.vmm.io_engine import IoEngine
-from vmkit.vmm.machine import Buses, Machine
+from vmkit.vmm.machine import Buses, Closable, Machine
 from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner
 
 if TYPE_CHECKING:
+    from vmkit.storage.disk import CacheMode, Disk
     from vmkit.vmm.queue_kicks import QueueKicks
 
 I8042_PORT = 0x60
@@ -60,11 +61,12 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
     memory: GuestMemory | None = None
     vcpus: list[VcpuFd] = []
     engine: IoEngine | None = None
-    kicks: list[QueueKicks] = []
+    kicks: list[Closable] = []
     notes: list[str] = []
     try:
         config.validate(kvm.max_vcpus)
         on_pvm = host.host_kind() == "pvm"
+        disks = _open_disks(config.disks, kicks)     # a bad image is a start error, before the VM exists
 
         # 1. VM with in-kernel LAPIC/IOAPIC/PIC and PIT
         vm_fd = kvm.create_vm()
@@ -111,11 +113,11 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         pio.insert(devices["debug-exit"], DEBUG_EXIT_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["debugcon"], DEBUGCON_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["acpi-power"], acpi.SLEEP_CONTROL_PORT, 3)  # type: ignore[arg-type]
-        if config.devices and kvm.check_extension(CAP_IOEVENTFD):
+        if (config.devices or disks) and kvm.check_extension(CAP_IOEVENTFD):
             engine = IoEngine(lambda message, trace: end_vm(outcome.internal(message, trace)))
-        elif config.devices:
+        elif config.devices or disks:
             notes.append("vmkit: this host's KVM has no ioeventfd, so virtio queue kicks exit to vmkit (slower)")
-        devices["pci"] = _attach_pci(config, memory, vm_fd, pio, mmio, engine, kicks)
+        devices["pci"] = _attach_pci(config, disks, memory, vm_fd, pio, mmio, engine, kicks)
 
         # 5. vCPUs
         supported_cpuid = kvm.supported_cpuid()
@@ -149,8 +151,26 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         raise
 
 
-def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mmio: Bus,
-                engine: IoEngine | None, kicks: list[QueueKicks]) -> PciRoot:
+def _open_disks(specs: tuple[DiskSpec, ...], opened: list[Closable]) -> list[Disk]:
+    """Open each --disk image (appended to `opened` as it opens, so a failure closes the others)."""
+    if not specs:
+        return []
+    from vmkit.storage import open_disk
+    from vmkit.storage.errors import StorageError
+
+    disks = []
+    for spec in specs:
+        try:
+            disk = open_disk(spec.path, spec.format, spec.read_only, cast("CacheMode", spec.cache))
+        except (StorageError, OSError, ValueError) as exc:
+            raise ConfigError(f"--disk {spec.path!r}: {exc}") from None
+        opened.append(disk)
+        disks.append(disk)
+    return disks
+
+
+def _attach_pci(config: VmConfig, disks: list[Disk], memory: GuestMemory, vm_fd: VmFd, pio: Bus, mmio: Bus,
+                engine: IoEngine | None, kicks: list[Closable]) -> PciRoot:
     """Bus 0: the host bridge in slot 0, then the configured devices in order (stable slots). With
     an engine, each device's queue kicks become ioeventfds served on the I/O thread (appended to
     `kicks`); without one they exit to the vCPU thread that wrote them."""
@@ -158,10 +178,10 @@ def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mm
     root.add(HostBridge(), slot=0)
     pio.insert(PciConfigIo(root), PCI_CONFIG_PORT, 8)
     mmio.insert(PciConfigMmio(root), layout.PCI_ECAM_ADDR, layout.PCI_ECAM_SIZE)
-    if not config.devices:
+    if not config.devices and not disks:
         return root
     # The virtio stack is imported only when a device asks for it: start-up pays for what it uses.
-    from vmkit.devices.virtio.pci_transport import BAR_SIZE, VirtioPciDevice
+    from vmkit.devices.virtio.pci_transport import BAR_SIZE, VirtioDevice, VirtioPciDevice
     from vmkit.devices.virtio.rng import VirtioRng
     from vmkit.vmm.queue_kicks import QueueKicks
 
@@ -172,16 +192,19 @@ def _attach_pci(config: VmConfig, memory: GuestMemory, vm_fd: VmFd, pio: Bus, mm
         except KvmError:
             pass
 
-    for name in config.devices:
+    from vmkit.devices.virtio.blk import VirtioBlk
+
+    backends: list[VirtioDevice] = [VirtioRng() for name in config.devices if name == "virtio-rng"]
+    backends += [VirtioBlk(disk, label=f"virtio-blk{i}") for i, disk in enumerate(disks)]
+    for backend in backends:
         slot = len(root.functions)
         bar = layout.PCI_MMIO_BASE + slot * layout.PCI_MMIO_STRIDE
-        if name == "virtio-rng":
-            function = VirtioPciDevice(VirtioRng(), memory, bar, signal_msi)
+        function = VirtioPciDevice(backend, memory, bar, signal_msi)
         root.add(function, slot)
         mmio.insert(function.bar, bar, BAR_SIZE)
         kick = QueueKicks(vm_fd, engine, function, bar) if engine is not None else None
         if kick is not None:
-            kicks.append(kick)
+            kicks.insert(0, kick)             # closed before the disks they serve
 
         def moved(index: int, old: int, new: int, function: VirtioPciDevice = function,
                   kick: QueueKicks | None = kick) -> None:

@@ -25,6 +25,43 @@ class ConfigError(ValueError):
     """A VM setting is out of range or inconsistent; the message names the setting."""
 
 
+DISK_FORMATS = ("raw", "qcow2")
+DISK_CACHE_MODES = ("writeback", "none", "unsafe")
+
+
+class DiskSpec(NamedTuple):
+    """One disk of a VM, as `--disk PATH[,ro][,format=F][,cache=C]` gives it (/dev/vda, vdb, ...)."""
+
+    path: str
+    read_only: bool = False
+    format: str | None = None      # None: probed (qcow2 by its magic, else raw, with QEMU's guard)
+    cache: str = "writeback"
+
+    @classmethod
+    def parse(cls, text: str) -> DiskSpec:
+        """Parse the --disk option's value; ConfigError names the part that is wrong."""
+        path, *options = text.split(",")
+        if not path:
+            raise ConfigError(f"--disk {text!r}: the path is missing (--disk PATH[,ro][,format=raw|qcow2]"
+                              "[,cache=writeback|none|unsafe])")
+        spec = cls(path)
+        for option in options:
+            key, equals, value = option.partition("=")
+            if key == "ro" and not equals:
+                spec = spec._replace(read_only=True)
+            elif key == "format" and value in DISK_FORMATS:
+                spec = spec._replace(format=value)
+            elif key == "cache" and value in DISK_CACHE_MODES:
+                spec = spec._replace(cache=value)
+            elif key in ("format", "cache"):
+                choices = DISK_FORMATS if key == "format" else DISK_CACHE_MODES
+                raise ConfigError(f"--disk {text!r}: {key}={value!r} is not one of {', '.join(choices)}")
+            else:
+                raise ConfigError(f"--disk {text!r}: unknown option {option!r} "
+                                  "(ro, format=raw|qcow2, cache=writeback|none|unsafe)")
+        return spec
+
+
 class VmConfig(NamedTuple):
     kernel: bytes
     kernel_name: str = "kernel"
@@ -36,6 +73,7 @@ class VmConfig(NamedTuple):
     pvm_workarounds: bool = True
     console_output: Callable[[bytes], None] = _discard
     devices: tuple[str, ...] = ()
+    disks: tuple[DiskSpec, ...] = ()
 
     def validate(self, host_max_vcpus: int) -> None:
         """Raise ConfigError naming the first setting this machine cannot have."""
@@ -50,9 +88,9 @@ class VmConfig(NamedTuple):
         if self.initrd is not None and not self.initrd:
             raise ConfigError("initrd: it is empty")
         check_cmdline(self.cmdline)
-        if len(self.devices) > MAX_PCI_DEVICES:
-            raise ConfigError(f"device: {len(self.devices)} devices asked for; PCI bus 0 has room "
-                              f"for {MAX_PCI_DEVICES} besides its host bridge")
+        if len(self.devices) + len(self.disks) > MAX_PCI_DEVICES:
+            raise ConfigError(f"device: {len(self.devices) + len(self.disks)} PCI devices asked for (disks "
+                              f"included); PCI bus 0 has room for {MAX_PCI_DEVICES} besides its host bridge")
         for name in self.devices:
             if name not in DEVICE_TYPES:
                 raise ConfigError(f"device: {name!r} is not a device vmkit has; there are: {', '.join(DEVICE_TYPES)}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 from vmkit.arch.x86.boot import BootPlan
 from vmkit.devices.bus import Bus
@@ -15,8 +15,11 @@ from vmkit.vmm.outcome import Outcome
 from vmkit.vmm.state import Lifecycle, VmState
 from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner, install_kick_handler
 
-if TYPE_CHECKING:
-    from vmkit.vmm.queue_kicks import QueueKicks
+
+class Closable(Protocol):
+    """What the machine releases when it closes, after its threads stopped (eventfds, disks)."""
+
+    def close(self) -> None: ...
 
 
 class Buses(NamedTuple):
@@ -30,7 +33,7 @@ class Machine:
     def __init__(self, kvm: Kvm, vm_fd: VmFd, memory: GuestMemory, buses: Buses,
                  runners: list[VcpuRunner], control: RunControl, boot: BootPlan,
                  devices: dict[str, object], io_engine: IoEngine | None = None,
-                 io_resources: list[QueueKicks] | None = None, notes: list[str] | None = None) -> None:
+                 io_resources: list[Closable] | None = None, notes: list[str] | None = None) -> None:
         self.kvm = kvm
         self.vm_fd = vm_fd
         self.memory = memory
