@@ -142,6 +142,22 @@ def _positive(text: str) -> int:
     return value
 
 
+SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """A disk size: bytes, or a number with a K, M, G or T suffix (powers of 1024)."""
+    number, suffix = text.rstrip("KMGTkmgt"), text[len(text.rstrip("KMGTkmgt")):].upper()
+    if suffix.endswith("B"):
+        suffix = suffix[:-1]
+    if not number.isdigit() or suffix not in SIZE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512M, 8G or a number of bytes)")
+    value = int(number) * SIZE_SUFFIXES[suffix]
+    if value <= 0 or value % 512:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive multiple of 512 bytes")
+    return value
+
+
 def build_parser() -> Parser:
     common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -191,6 +207,25 @@ def build_parser() -> Parser:
     image_commands.add_parser("list", help="list built images", parents=[common])
     image_rm = image_commands.add_parser("rm", help="remove an image", parents=[common])
     image_rm.add_argument("name")
+
+    disk = commands.add_parser("disk", help="create and inspect disk images (raw, qcow2)", parents=[common])
+    disk_commands = disk.add_subparsers(dest="disk_command", required=True, metavar="ACTION",
+                                        parser_class=Parser)
+    disk_create = disk_commands.add_parser("create", help="create an image (never overwrites a file)",
+                                           parents=[common])
+    disk_create.add_argument("path")
+    disk_create.add_argument("size", nargs="?", type=_size,
+                             help="bytes, or with a K, M, G or T suffix (powers of 1024); with --backing: "
+                                  "the backing file's size when left out")
+    disk_create.add_argument("--format", "-f", choices=("raw", "qcow2"),
+                             help="raw, or qcow2 (the default with --backing, else raw)")
+    disk_create.add_argument("--backing", "-b", metavar="BASE",
+                             help="a backing file (qcow2): reads of unwritten clusters come from it; a relative "
+                                  "name is relative to the new image's directory")
+    disk_create.add_argument("--backing-format", "-F", choices=("raw", "qcow2"), help="BASE's format (probed)")
+    disk_info = disk_commands.add_parser("info", help="show an image's format, sizes and backing chain",
+                                         parents=[common])
+    disk_info.add_argument("path")
 
     commands.add_parser("guests", help="list the built-in guest programs", parents=[common])
     build = commands.add_parser("build-guest", help="build a built-in guest and print its image path",
@@ -265,6 +300,8 @@ def _dispatch(args: argparse.Namespace, stops: StopSignals) -> int:
         return 0
     if args.command == "image":
         return image_command(args)
+    if args.command == "disk":
+        return disk_command(args)
     if args.command == "build-guest":
         from vmkit.guest import GuestBuildError, build_guest
         try:
@@ -347,6 +384,34 @@ def image_command(args: argparse.Namespace) -> int:
             progress(f"removed image {args.name}")
     except (store.ImageError, KernelBuildError, InitramfsError) as exc:
         raise StartError(str(exc)) from None
+    return 0
+
+
+def disk_command(args: argparse.Namespace) -> int:
+    from vmkit.storage import StorageError, create, info
+
+    try:
+        if args.disk_command == "create":
+            image_format = args.format or ("qcow2" if args.backing else "raw")
+            if args.size is None and not args.backing:
+                raise StartError("disk create: give a SIZE (or a --backing file whose size it takes)")
+            create(args.path, args.size, image_format, args.backing, args.backing_format)
+            progress(f"created {image_format} image {args.path}")
+            return 0
+        described = info(args.path)
+    except (StorageError, OSError, ValueError) as exc:
+        raise StartError(f"disk {args.disk_command}: {exc}") from None
+    lines = []
+    for depth, image in enumerate(described.chain()):
+        lead = "  " * depth + ("backing: " if depth else "")
+        facts = [f"{image.format}", f"virtual size {image.virtual_size} bytes ({image.virtual_size / 2**30:.2f} GiB)",
+                 f"on disk {image.actual_size} bytes"]
+        if image.cluster_size:
+            facts.append(f"cluster size {image.cluster_size}")
+        if image.dirty or image.corrupt:
+            facts.append("DIRTY" if image.dirty else "CORRUPT")
+        lines.append(f"{lead}{image.path}: {', '.join(facts)}")
+    output("\n".join(lines))
     return 0
 
 
