@@ -82,24 +82,43 @@ QEMU_MICROVM = ["qemu-system-x86_64", "-enable-kvm", "-M", "microvm,x-option-rom
 QEMU_DEVICES = {"virtio-rng": "virtio-rng-pci,disable-legacy=on"}
 
 
+def qemu_disk_args(index: int, path: str, readonly: bool) -> list[str]:
+    """A raw image as a modern virtio-blk-pci device (discard=unmap: a DISCARD punches a hole)."""
+    drive = (f"file={path.replace(',', ',,')},if=none,id=d{index},format=raw,cache=writeback,discard=unmap"
+             + (",readonly=on" if readonly else ""))
+    return ["-drive", drive, "-device", f"virtio-blk-pci,drive=d{index},disable-legacy=on,serial={disk_serial(index)}"]
+
+
+def disk_serial(index: int) -> str:
+    """The serial each VMM gives the test's disk `index`."""
+    return "vmkit-test-serial" + (str(index) if index else "")
+
+
 @pytest.fixture
 def boot(request):
-    """boot(guest, cpus=1, memory_mib=64, cmdline="") -> Finished, under the VMM chosen by --vmm."""
+    """boot(guest, cpus=1, memory_mib=64, cmdline="", devices=(), disks=()) -> Finished, under the
+    VMM chosen by --vmm. `disks`: (path, readonly) pairs, each a raw image behind a virtio-blk
+    device (vmkit: `--disk PATH[,ro]`; QEMU: virtio-blk-pci)."""
     vmm = request.config.getoption("--vmm")
 
     def run(guest: str, cpus: int = 1, memory_mib: int = 64, cmdline: str = "",
-            devices: tuple[str, ...] = ()) -> Finished:
+            devices: tuple[str, ...] = (), disks=()) -> Finished:
         image = str(build_guest(guest))
+        disks = [(str(path), bool(readonly)) for path, readonly in disks]
         if vmm == "vmkit":
             extra = [arg for name in devices for arg in ("--device", name)]
+            extra += [arg for index, (path, readonly) in enumerate(disks)
+                      for arg in ("--disk", f"{path},serial={disk_serial(index)}" + (",ro" if readonly else ""))]
             return run_vmkit("run", "--kernel", image, "--cpus", str(cpus), "--memory", str(memory_mib),
                              "--cmdline", cmdline, *extra)
-        machine = QEMU_MICROVM[3] + (",pcie=on" if devices else "")
+        machine = QEMU_MICROVM[3] + (",pcie=on" if devices or disks else "")
         command = [*QEMU_MICROVM[:3], machine, *QEMU_MICROVM[4:], "-smp", str(cpus), "-m", str(memory_mib),
                    "-kernel", image]
         for name in devices:
             command += ["-device", QEMU_DEVICES[name]]
-        if devices:   # QEMU microvm describes its ECAM only in AML; tell the guest where it is
+        for index, (path, readonly) in enumerate(disks):
+            command += qemu_disk_args(index, path, readonly)
+        if devices or disks:   # QEMU microvm describes its ECAM only in AML; tell the guest where it is
             cmdline = f"{cmdline} pci_ecam=0xe0000000".strip()
         if cmdline:
             command += ["-append", cmdline]

@@ -195,7 +195,8 @@ def _attach_pci(config: VmConfig, disks: list[Disk], memory: GuestMemory, vm_fd:
     from vmkit.devices.virtio.blk import VirtioBlk
 
     backends: list[VirtioDevice] = [VirtioRng() for name in config.devices if name == "virtio-rng"]
-    backends += [VirtioBlk(disk, label=f"virtio-blk{i}") for i, disk in enumerate(disks)]
+    backends += [VirtioBlk(disk, spec.serial, label=f"virtio-blk{i}")
+                 for i, (disk, spec) in enumerate(zip(disks, config.disks, strict=True))]
     for backend in backends:
         slot = len(root.functions)
         bar = layout.PCI_MMIO_BASE + slot * layout.PCI_MMIO_STRIDE

@@ -30,12 +30,13 @@ DISK_CACHE_MODES = ("writeback", "none", "unsafe")
 
 
 class DiskSpec(NamedTuple):
-    """One disk of a VM, as `--disk PATH[,ro][,format=F][,cache=C]` gives it (/dev/vda, vdb, ...)."""
+    """One disk of a VM, as `--disk PATH[,ro][,format=F][,cache=C][,serial=S]` gives it (/dev/vda, ...)."""
 
     path: str
     read_only: bool = False
     format: str | None = None      # None: probed (qcow2 by its magic, else raw, with QEMU's guard)
     cache: str = "writeback"
+    serial: str = ""               # GET_ID's answer (20 bytes at most); "" derives one from the file
 
     @classmethod
     def parse(cls, text: str) -> DiskSpec:
@@ -53,12 +54,16 @@ class DiskSpec(NamedTuple):
                 spec = spec._replace(format=value)
             elif key == "cache" and value in DISK_CACHE_MODES:
                 spec = spec._replace(cache=value)
+            elif key == "serial" and equals:
+                if not (value.isascii() and value.isprintable() and 0 < len(value) <= 20):
+                    raise ConfigError(f"--disk {text!r}: serial={value!r} is not 1..20 printable ASCII characters")
+                spec = spec._replace(serial=value)
             elif key in ("format", "cache"):
                 choices = DISK_FORMATS if key == "format" else DISK_CACHE_MODES
                 raise ConfigError(f"--disk {text!r}: {key}={value!r} is not one of {', '.join(choices)}")
             else:
                 raise ConfigError(f"--disk {text!r}: unknown option {option!r} "
-                                  "(ro, format=raw|qcow2, cache=writeback|none|unsafe)")
+                                  "(ro, format=raw|qcow2, cache=writeback|none|unsafe, serial=TEXT)")
         return spec
 
 

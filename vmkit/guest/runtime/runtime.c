@@ -100,6 +100,9 @@ u64 gate_call(u64 op, u64 a, u64 b) {
         return x87_errors;
     }
     case GATE_RING0_POPCNT: { u64 r; __asm__ volatile("popcnt %1, %0" : "=r"(r) : "r"(a)); return r; }
+    case GATE_WAIT_IRQ_SINCE:                       /* a: vector, b: the count seen before */
+        if (irq_count[a & 0xFF] == b) __asm__ volatile("sti; hlt; cli" ::: "memory");
+        return 0;
     }
     return (u64)-1;
 }
@@ -228,6 +231,15 @@ int wait_irq(int vector, u64 timeout_cycles) {
     while (irq_count[vector] == seen) {
         if (rdtsc() > deadline) return 0;
         gate(GATE_WAIT_IRQ, 0, 0);
+    }
+    return 1;
+}
+
+int wait_irq_since(int vector, u64 seen, u64 timeout_cycles) {
+    u64 deadline = rdtsc() + timeout_cycles;
+    while (irq_count[vector] == seen) {
+        if (rdtsc() > deadline) return 0;
+        gate(GATE_WAIT_IRQ_SINCE, (u64)vector, seen);
     }
     return 1;
 }

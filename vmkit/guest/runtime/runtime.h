@@ -69,7 +69,7 @@ static inline void mmio_write32(u64 addr, u32 v) { *(volatile u32 *)addr = v; }
 
 /* Ring-0 services, reached with a `ud2` gate (see runtime.c). */
 enum gate_op { GATE_WAIT_IRQ = 1, GATE_TRIPLE_FAULT, GATE_RING0_INT3, GATE_RING0_POPCNT, GATE_ENABLE_SYSCALL,
-               GATE_RING0_FWAIT };
+               GATE_RING0_FWAIT, GATE_WAIT_IRQ_SINCE };
 u64 gate(u64 op, u64 a, u64 b);
 
 /* ACPI: find a table by signature; power off through the FADT (returns only on failure). */
@@ -79,6 +79,10 @@ int acpi_poweroff(void);
 /* Interrupts: route an IOAPIC pin to a vector on CPU 0, then wait for it to arrive. */
 void ioapic_route(int pin, int vector);
 int wait_irq(int vector, u64 timeout_cycles);
+/* Wait until irq_count[vector] differs from `seen` (read before starting what will interrupt):
+   the count is compared again in ring 0 with interrupts masked, just before `sti; hlt`, so an
+   interrupt that came in between is not waited for. 0 on timeout (checked after each wake-up). */
+int wait_irq_since(int vector, u64 seen, u64 timeout_cycles);
 
 /* The command line: the value of "key=number" (decimal or 0x hex), or `fallback`. */
 u64 cmdline_u64(const char *key, u64 fallback);

@@ -126,3 +126,78 @@ void virtio_msix_route(struct virtio_dev *dev, u16 entry, u8 vector) {
     u32 control = (u32)dev->msix_cap + 2;
     pci_write16(dev->bdf, control, (u16)((pci_read16(dev->bdf, control) | 0x8000) & ~0x4000));
 }
+
+/* ---------------------------------------------------------------- queues with chains */
+int virtqc_setup(struct virtio_dev *dev, struct virtqc *q, u16 index, u16 size, u16 msix_vector) {
+    w16(dev->common, COMMON_QUEUE_SELECT, index);
+    u16 max = r16(dev->common, COMMON_QUEUE_SIZE);
+    if (!max) return 0;
+    if (size > max) size = max;
+    if (size > VIRTQC_MAX) size = VIRTQC_MAX;
+    while (size & (size - 1)) size &= (u16)(size - 1);      /* a power of two */
+    if (!size) return 0;
+    memset(q, 0, sizeof(*q));
+    q->size = size;
+    q->index = index;
+    q->free_count = size;
+    for (u16 i = 0; i < size; i++) q->desc[i].next = (u16)(i + 1);
+    if (msix_vector == 0xFFFF) q->avail.flags = VIRTQ_AVAIL_F_NO_INTERRUPT;
+    w16(dev->common, COMMON_QUEUE_SIZE, size);
+    w16(dev->common, COMMON_QUEUE_MSIX_VECTOR, msix_vector);
+    w64(dev->common, COMMON_QUEUE_DESC, (u64)q->desc);
+    w64(dev->common, COMMON_QUEUE_DRIVER, (u64)&q->avail);
+    w64(dev->common, COMMON_QUEUE_DEVICE, (u64)&q->used);
+    u16 notify_off = r16(dev->common, COMMON_QUEUE_NOTIFY_OFF);
+    q->notify = (volatile u16 *)(dev->notify_base + notify_off * dev->notify_multiplier);
+    w16(dev->common, COMMON_QUEUE_ENABLE, 1);
+    return r16(dev->common, COMMON_QUEUE_ENABLE) == 1;
+}
+
+int virtqc_add(struct virtqc *q, const struct virtq_seg *segs, int n) {
+    if (n <= 0 || n > q->free_count) return -1;
+    u16 head = q->free_head, at = head;
+    for (int i = 0; i < n; i++) {
+        struct virtq_desc *d = &q->desc[at];
+        u16 next = d->next;                                 /* the free list's link */
+        d->addr = segs[i].addr;
+        d->len = segs[i].len;
+        d->flags = (u16)((segs[i].flags & VIRTQ_DESC_F_WRITE) | (i + 1 < n ? VIRTQ_DESC_F_NEXT : 0));
+        if (i + 1 < n) d->next = next;
+        else { q->free_head = next; d->next = 0; }
+        at = next;
+    }
+    q->free_count = (u16)(q->free_count - n);
+    q->chain_len[head] = (u16)n;
+    q->avail.ring[q->next_avail % q->size] = head;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);      /* descriptors and ring entry before the index */
+    *(volatile u16 *)&q->avail.idx = ++q->next_avail;
+    return head;
+}
+
+void virtqc_notify(struct virtqc *q) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    *q->notify = q->index;
+    q->notifies++;
+}
+
+void virtqc_kick(struct virtqc *q) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);      /* the avail index before reading the flag */
+    if (!(*(volatile u16 *)&q->used.flags & VIRTQ_USED_F_NO_NOTIFY)) virtqc_notify(q);
+}
+
+int virtqc_take(struct virtqc *q, u16 *head, u32 *length) {
+    if (*(volatile u16 *)&q->used.idx == q->last_used) return 0;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);      /* the index before the element */
+    struct virtq_used_elem e = *(volatile struct virtq_used_elem *)&q->used.ring[q->last_used % q->size];
+    q->last_used++;
+    if (head) *head = (u16)e.id;
+    if (length) *length = e.len;
+    if (e.id >= q->size || !q->chain_len[e.id]) return 1;  /* not a chain in flight: free nothing */
+    u16 at = (u16)e.id, n = q->chain_len[e.id];
+    q->chain_len[e.id] = 0;
+    for (u16 i = 1; i < n; i++) at = q->desc[at].next;
+    q->desc[at].next = q->free_head;               /* the chain goes back on the free list whole */
+    q->free_head = (u16)e.id;
+    q->free_count = (u16)(q->free_count + n);
+    return 1;
+}

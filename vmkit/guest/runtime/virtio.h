@@ -49,4 +49,44 @@ u16 virtq_post(struct virtq *q, void *buffer, u32 length, int device_writes);
 int virtq_take_used(struct virtq *q, u32 *length);
 /* MSI-X: route table entry `entry` to `vector` on CPU 0 and enable MSI-X. */
 void virtio_msix_route(struct virtio_dev *dev, u16 entry, u8 vector);
+
+/*
+ * Queues with descriptor chains (added alongside `struct virtq`, which stays as it is): up to
+ * VIRTQC_MAX entries, a free list of descriptors, requests made of several buffers (each
+ * device-readable or device-writable), several in flight, and notifications the driver batches.
+ */
+#define VIRTQC_MAX 256
+#define VIRTQ_AVAIL_F_NO_INTERRUPT 1
+#define VIRTQ_USED_F_NO_NOTIFY 1
+
+struct virtqc_avail { u16 flags, idx, ring[VIRTQC_MAX], used_event; };
+struct virtqc_used { u16 flags, idx; struct virtq_used_elem ring[VIRTQC_MAX]; u16 avail_event; };
+
+struct virtqc {
+    u16 size, index, last_used, next_avail, free_head, free_count;
+    u16 chain_len[VIRTQC_MAX];          /* descriptors in the chain headed by each index */
+    struct virtq_desc desc[VIRTQC_MAX] __attribute__((aligned(16)));
+    struct virtqc_avail avail __attribute__((aligned(2)));
+    struct virtqc_used used __attribute__((aligned(4)));
+    volatile u16 *notify;
+    u64 notifies;                       /* notify writes made (each is an exit to the VMM) */
+};
+
+/* One buffer of a chain: a guest-physical address (any: hostile tests use bad ones), a length
+   and VIRTQ_DESC_F_WRITE when the device writes it. */
+struct virtq_seg { u64 addr; u32 len; u16 flags; };
+
+/* Queue set-up: `size` is rounded down to a power of two within the device's and VIRTQC_MAX.
+   `msix_vector` 0xffff means no interrupts (the avail ring then asks for none either). */
+int virtqc_setup(struct virtio_dev *dev, struct virtqc *q, u16 index, u16 size, u16 msix_vector);
+/* Make the `n` buffers one chain and put it in the avail ring, without notifying.
+   Returns its head, or -1 when fewer than `n` descriptors are free (or n is 0). */
+int virtqc_add(struct virtqc *q, const struct virtq_seg *segs, int n);
+/* Notify the device of what was added, unless it set VIRTQ_USED_F_NO_NOTIFY (it is busy with
+   the ring and will see them); virtqc_notify always does. */
+void virtqc_kick(struct virtqc *q);
+void virtqc_notify(struct virtqc *q);
+/* 1 with the head and used length of the next chain the device returned (its descriptors freed),
+   0 when there is none. A head the device made up (>= size) comes back as is, nothing freed. */
+int virtqc_take(struct virtqc *q, u16 *head, u32 *length);
 #endif
