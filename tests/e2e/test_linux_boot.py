@@ -7,7 +7,11 @@ ring 0; the image's kernel carries a patch that makes those system calls from it
 handler (docs/linux-guests.md), so the same checks hold on PVM and on hardware KVM.
 """
 
+import hashlib
+import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -47,3 +51,28 @@ def test_linux_boots_and_runs_a_command(image, cpus, command, output, status):
     assert done.returncode == status, done.stderr
     assert f"the command exited with status {status}" in done.stderr
     assert "does not enter ring 0" not in done.stderr                    # no warning: the image copes
+
+
+def test_linux_reads_and_writes_an_ext4_disk(image, tmp_path):
+    """One boot, several checks: the guest finds its virtio disk, mounts the ext4 file system the
+    host made, hashes a file from it, writes a file, and the host finds that file afterwards."""
+    mke2fs = shutil.which("mke2fs") or "/sbin/mke2fs"
+    content = tmp_path / "content"
+    content.mkdir()
+    payload = os.urandom(300_000)
+    (content / "data.bin").write_bytes(payload)
+    disk = tmp_path / "disk.ext4"
+    subprocess.run([mke2fs, "-q", "-t", "ext4", "-d", str(content), str(disk), "16M"], check=True)
+    command = ("mkdir /tmp/m && mount -t ext4 /dev/vda /tmp/m && busybox sha256sum /tmp/m/data.bin"
+               " && echo written-by-the-guest > /tmp/m/from-guest.txt && umount /tmp/m")
+    done = run_vmkit("run", "--image", image, "--memory", "256", "--cmdline", "panic=-1",
+                     "--disk", str(disk), "--", command, timeout=BOOT_TIMEOUT_S)
+    out = done.stdout
+    assert "virtio_blk virtio0: [vda] 32768 512-byte logical blocks" in out, out[-3000:]
+    assert re.search(rf"^{hashlib.sha256(payload).hexdigest()}  /tmp/m/data.bin\r?$", out, re.MULTILINE), out[-3000:]
+    assert done.returncode == 0, done.stderr
+    debugfs = shutil.which("debugfs") or "/sbin/debugfs"
+    found = subprocess.run([debugfs, "-R", "cat /from-guest.txt", str(disk)], capture_output=True, text=True)
+    assert found.stdout == "written-by-the-guest\n"
+    checked = subprocess.run(["/sbin/e2fsck", "-fn", str(disk)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr        # the guest left it clean

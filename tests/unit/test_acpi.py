@@ -80,8 +80,8 @@ def test_dsdt_describes_com1_with_its_ports_and_irq():
     dsdt = acpi.dsdt()
     device = dsdt.index(acpi.AML_DEVICE)
     length = dsdt[device + 2]
-    assert length < 0x40 and device + 2 + length == len(dsdt)         # one-byte PkgLength, to the end
-    body = dsdt[device + 3:]
+    assert length < 0x40 and dsdt[device + 3 + length - 1 :].startswith(acpi.AML_DEVICE)   # then PCI0
+    body = dsdt[device + 3 : device + 2 + length]
     assert body.startswith(b"\\\x2e_SB_COM1")                          # \_SB.COM1
     assert b"_HID\x0c\x41\xd0\x05\x01" in body                         # EisaId ("PNP0501")
     assert b"_UID\x00" in body
@@ -98,3 +98,22 @@ def test_aml_package_lengths():
     assert acpi._pkg_length(bytes(0x3F)) == bytes([0x41, 0x04])        # 0x41 = 0x3F + 2
     assert acpi._pkg_length(bytes(0xFFD)) == bytes([0x4F, 0xFF])
     assert acpi._pkg_length(bytes(0xFFE)) == bytes([0x81, 0x00, 0x01])  # 0x1001 in three bytes
+
+
+def test_dsdt_describes_the_pci_root_and_its_windows():
+    """Written from ACPI 6.4 (6.4.3.5 address space descriptors) and the PCI Firmware spec: a
+    PNP0A08 root with bus 0, the 0xCF8 ports, I/O around them, and the BAR window below ECAM."""
+    dsdt = acpi.dsdt()
+    root = dsdt.index(b"\\\x2e_SB_PCI0")
+    body = dsdt[root:]
+    assert b"_HID\x0c\x41\xd0\x0a\x08" in body and b"_CID\x0c\x41\xd0\x0a\x03" in body   # PNP0A08, PNP0A03
+    assert b"_SEG\x00" in body and b"_BBN\x00" in body
+    crs = body[body.index(b"_CRS") + 4:]
+    resources = crs[crs.index(bytes([0x88, 13, 0, 2])):]
+    bus = resources[:16]
+    assert bus == bytes([0x88, 13, 0, 2, 0x0C, 0]) + struct.pack("<HHHHH", 0, 0, 0, 0, 1)       # bus 0 only
+    assert bytes([0x47, 1, 0xF8, 0x0C, 0xF8, 0x0C, 1, 8]) in resources                          # 0xCF8, 8 ports
+    assert bytes([0x88, 13, 0, 1, 0x0C, 3]) + struct.pack("<HHHHH", 0, 0, 0xCF7, 0, 0xCF8) in resources
+    assert bytes([0x88, 13, 0, 1, 0x0C, 3]) + struct.pack("<HHHHH", 0, 0xD00, 0xFFFF, 0, 0xF300) in resources
+    window = bytes([0x87, 23, 0, 0, 0x0C, 1]) + struct.pack("<IIIII", 0, 0xC0000000, 0xDFFFFFFF, 0, 0x20000000)
+    assert window in resources and resources.endswith(bytes([0x79, 0]))

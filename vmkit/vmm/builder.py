@@ -42,7 +42,6 @@ I8042_PORT = 0x60
 RTC_PORT = 0x70
 DEBUG_EXIT_PORT = 0xF4
 DEBUGCON_PORT = 0xE9
-PCI_CONFIG_PORT = 0xCF8
 
 
 def is_linux(kernel: bytes) -> bool:
@@ -176,7 +175,7 @@ def _attach_pci(config: VmConfig, disks: list[Disk], memory: GuestMemory, vm_fd:
     `kicks`); without one they exit to the vCPU thread that wrote them."""
     root = PciRoot()
     root.add(HostBridge(), slot=0)
-    pio.insert(PciConfigIo(root), PCI_CONFIG_PORT, 8)
+    pio.insert(PciConfigIo(root), layout.PCI_CONFIG_PORT, 8)
     mmio.insert(PciConfigMmio(root), layout.PCI_ECAM_ADDR, layout.PCI_ECAM_SIZE)
     if not config.devices and not disks:
         return root

@@ -21,7 +21,9 @@ from vmkit.arch.x86.layout import (
     IOAPIC_ADDR,
     LAPIC_ADDR,
     MPTABLE_ADDR,
+    PCI_CONFIG_PORT,
     PCI_ECAM_ADDR,
+    PCI_MMIO_BASE,
 )
 from vmkit.memory import GuestMemory
 
@@ -98,10 +100,50 @@ def _uart_device(name: bytes, port: int, irq: int) -> bytes:
     return AML_DEVICE + _pkg_length(body) + body
 
 
+RESOURCE_WORD_ADDRESS, RESOURCE_DWORD_ADDRESS = 0x88, 0x87
+SPACE_MEMORY, SPACE_IO, SPACE_BUS = 0, 1, 2
+ADDRESS_FIXED_PRODUCER = 0x0C          # _MIF and _MAF set: a fixed window the bridge decodes
+IO_ENTIRE_RANGE, MEMORY_READ_WRITE = 0x03, 0x01
+
+
+def _word_window(space: int, specific: int, low: int, high: int) -> bytes:
+    return struct.pack("<BHBBBHHHHH", RESOURCE_WORD_ADDRESS, 13, space, ADDRESS_FIXED_PRODUCER, specific,
+                       0, low, high, 0, high - low + 1)
+
+
+def _dword_window(space: int, specific: int, low: int, high: int) -> bytes:
+    return struct.pack("<BHBBBIIIII", RESOURCE_DWORD_ADDRESS, 23, space, ADDRESS_FIXED_PRODUCER, specific,
+                       0, low, high, 0, high - low + 1)
+
+
+def _name(name: bytes, value: bytes) -> bytes:
+    return bytes([AML_NAME]) + name + value
+
+
+def _pci_root() -> bytes:
+    """Device (\\_SB.PCI0): the PCI Express root of bus 0 (PNP0A08, compatible with PNP0A03), with the
+    windows it decodes: bus 0, the 0xCF8 ports, the rest of the I/O space, and the BAR window below
+    ECAM. Linux enumerates PCI on an ACPI platform only through such a root."""
+    resources = (_word_window(SPACE_BUS, 0, 0, 0)
+                 + struct.pack("<BBHHBB", RESOURCE_IO, 1, PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, 8)
+                 + _word_window(SPACE_IO, IO_ENTIRE_RANGE, 0x0000, PCI_CONFIG_PORT - 1)
+                 + _word_window(SPACE_IO, IO_ENTIRE_RANGE, PCI_CONFIG_PORT + 8, 0xFFFF)
+                 + _dword_window(SPACE_MEMORY, MEMORY_READ_WRITE, PCI_MMIO_BASE, PCI_ECAM_ADDR - 1)
+                 + bytes([RESOURCE_END, 0]))
+    crs = bytes([AML_BYTE, len(resources)]) + resources
+    body = (AML_ROOT + AML_DUAL_NAME + b"_SB_" + b"PCI0"
+            + _name(b"_HID", bytes([AML_DWORD]) + struct.pack("<I", _eisa_id("PNP0A08")))
+            + _name(b"_CID", bytes([AML_DWORD]) + struct.pack("<I", _eisa_id("PNP0A03")))
+            + _name(b"_SEG", bytes([AML_ZERO])) + _name(b"_BBN", bytes([AML_ZERO]))
+            + _name(b"_UID", bytes([AML_ZERO]))
+            + _name(b"_CRS", bytes([AML_BUFFER]) + _pkg_length(crs) + crs))
+    return AML_DEVICE + _pkg_length(body) + body
+
+
 def dsdt() -> bytes:
     # Name (_S5_, Package (4) { 5, 0, 0, 0 }): the sleep type a guest writes to power off.
     s5 = bytes([AML_NAME]) + b"_S5_" + bytes([AML_PACKAGE, 0x07, 0x04, AML_BYTE, S5_SLEEP_TYPE, 0, 0, 0])
-    return _table(b"DSDT", 2, s5 + _uart_device(b"COM1", COM1_PORT, COM1_IRQ))
+    return _table(b"DSDT", 2, s5 + _uart_device(b"COM1", COM1_PORT, COM1_IRQ) + _pci_root())
 
 
 def fadt(dsdt_addr: int) -> bytes:

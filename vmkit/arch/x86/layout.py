@@ -21,7 +21,8 @@ KERNEL_LOAD_ADDR = 0x100000
 
 COM1_PORT, COM1_IRQ = 0x3F8, 4   # the console UART, as on every PC; described in the ACPI DSDT
 
-PCI_MMIO_BASE = 0xC0000000  # BARs of PCI devices, 64 KiB apart, below 0xD0000000
+PCI_CONFIG_PORT = 0xCF8     # configuration mechanism #1: 0xCF8 address, 0xCFC data
+PCI_MMIO_BASE = 0xC0000000  # BARs of PCI devices, 64 KiB apart; the root's window ends below ECAM
 PCI_MMIO_STRIDE = 0x10000
 PCI_ECAM_ADDR = 0xE0000000  # ECAM for bus 0, named in the ACPI MCFG table and reserved in e820
 PCI_ECAM_SIZE = 0x100000    # 1 MiB: 32 devices x 8 functions x 4 KiB
