@@ -185,10 +185,11 @@ def build_parser() -> Parser:
                      help="force a boot protocol (default: PVH when the ELF has the note, else linux64)")
     run.add_argument("--device", "-d", action="append", default=[], metavar="TYPE",
                      help="add a PCI device (repeatable): virtio-rng")
-    run.add_argument("--disk", action="append", default=[], metavar="PATH[,ro][,format=F][,cache=C][,serial=S]",
-                     help="a virtio-blk disk (repeatable: /dev/vda, /dev/vdb, ...): a raw or qcow2 image, "
-                          "format probed unless given (raw|qcow2), cache=writeback (default), none or unsafe, "
-                          "the serial the guest reads (default: from the file's device and inode)")
+    run.add_argument("--disk", action="append", default=[], metavar="PATH[,OPTION...]",
+                     help="a virtio-blk disk (repeatable: /dev/vda, /dev/vdb, ...): a raw or qcow2 image; "
+                          "options: ro, format=raw|qcow2 (probed by default), cache=writeback (default)|none|"
+                          "unsafe, serial=TEXT (default: from the file's device and inode), iops=N and bps=N "
+                          "(rate limits: token buckets of N refilled each second)")
     run.add_argument("--no-pvm-workarounds", action="store_true",
                      help="on PVM hosts, do not add the Linux command-line switches (clearcpuid=...) and do "
                           "not hide KVM's hypercall-based paravirtual features from the guest")

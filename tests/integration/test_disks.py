@@ -89,3 +89,28 @@ def test_bad_disk_values_are_one_line_naming_the_disk(vmkit, tmp_path, value, me
     done = vmkit("run", "--disk", value.format(tmp=tmp_path))
     assert done.returncode == 125, done.stderr
     assert message in done.stderr and len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("limit,key,low,high", [
+    ("iops=150", "randread_qd1_iops", 100, 190),      # 150 requests a second, at QD1 and QD32 alike
+    ("iops=150", "randread_qd32_iops", 100, 190),
+    ("bps=2097152", "seqread_mibps", 1, 3),           # 2 MiB a second of 1 MiB reads
+])
+def test_rate_limits_hold_the_guest_to_its_share(vmkit, tmp_path, limit, key, low, high):
+    image = tmp_path / "disk.raw"
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    done = vmkit("run", "--guest", "blk_bench", "--memory", "128", "--disk", f"{image},{limit}",
+                 "--cmdline", "seconds=2")
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr
+    assert low <= int(done.results()[key]) <= high, done.stdout[-2000:]
+
+
+@pytest.mark.parametrize("value,message", [
+    ("iops=0", "iops='0' is not a whole number from 1"),
+    ("bps=-5", "bps='-5' is not a whole number"),
+    ("iops=1e3", "iops='1e3'"),
+])
+def test_bad_rate_limits_are_refused(vmkit, tmp_path, value, message):
+    (tmp_path / "disk.raw").write_bytes(bytes(1 << 20))
+    done = vmkit("run", "--disk", f"{tmp_path / 'disk.raw'},{value}")
+    assert done.returncode == 125 and message in done.stderr

@@ -135,3 +135,24 @@ def test_chains_the_device_cannot_answer_raise_for_a_device_reset(rig, chain, me
     with pytest.raises(VirtqueueError, match=message):
         submit(memory, queue, device(), chain)
     assert image.read_bytes() == before
+
+
+def test_a_request_over_the_rate_limit_waits_in_the_queue(rig):
+    from vmkit.devices.rate_limiter import RateLimiter
+
+    memory, queue, device, _ = rig
+    now = [0]
+    disk = device().disk
+    blk = VirtioBlk(disk, serial="s", limiter=RateLimiter.per_second(iops=2, clock=lambda: now[0]))
+    waits = []
+    blk.retry_after = waits.append
+    for _ in range(2):                                   # the bucket starts full: 2 requests pass
+        assert submit(memory, queue, blk, [request(memory, FLUSH, 0), (STATUS, 1, True)]) == (OK, 1)
+    served = queue.next_used
+    submit(memory, queue, blk, [request(memory, FLUSH, 0), (STATUS, 1, True)])
+    assert queue.next_used == served and waits == [500_000_000]   # one token comes back in 0.5 s
+    assert queue.last_avail == served                    # the request is still offered
+    assert blk.process(queue, memory) is False and len(waits) == 1   # no second timer while one waits
+    now[0] = 500_000_000
+    blk.retry()
+    assert blk.process(queue, memory) is True and queue.next_used == served + 1

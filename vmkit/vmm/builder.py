@@ -11,6 +11,7 @@ The machine comes back in the CREATED state; Machine.start runs it.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, cast
 
 from vmkit.arch.x86 import acpi, cpu_state, layout
@@ -35,6 +36,8 @@ from vmkit.vmm.machine import Buses, Closable, Machine
 from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner
 
 if TYPE_CHECKING:
+    from vmkit.devices.virtio.blk import VirtioBlk
+    from vmkit.devices.virtio.pci_transport import VirtioPciDevice
     from vmkit.storage.disk import CacheMode, Disk
     from vmkit.vmm.queue_kicks import QueueKicks
 
@@ -112,11 +115,12 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         pio.insert(devices["debug-exit"], DEBUG_EXIT_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["debugcon"], DEBUGCON_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["acpi-power"], acpi.SLEEP_CONTROL_PORT, 3)  # type: ignore[arg-type]
-        if (config.devices or disks) and kvm.check_extension(CAP_IOEVENTFD):
+        if config.devices or disks:
             engine = IoEngine(lambda message, trace: end_vm(outcome.internal(message, trace)))
-        elif config.devices or disks:
-            notes.append("vmkit: this host's KVM has no ioeventfd, so virtio queue kicks exit to vmkit (slower)")
-        devices["pci"] = _attach_pci(config, disks, memory, vm_fd, pio, mmio, engine, kicks)
+            if not kvm.check_extension(CAP_IOEVENTFD):
+                notes.append("vmkit: this host's KVM has no ioeventfd, so virtio queue kicks exit to vmkit (slower)")
+        devices["pci"] = _attach_pci(config, disks, memory, vm_fd, pio, mmio, engine,
+                                     kvm.check_extension(CAP_IOEVENTFD) > 0, kicks)
 
         # 5. vCPUs
         supported_cpuid = kvm.supported_cpuid()
@@ -169,7 +173,7 @@ def _open_disks(specs: tuple[DiskSpec, ...], opened: list[Closable]) -> list[Dis
 
 
 def _attach_pci(config: VmConfig, disks: list[Disk], memory: GuestMemory, vm_fd: VmFd, pio: Bus, mmio: Bus,
-                engine: IoEngine | None, kicks: list[Closable]) -> PciRoot:
+                engine: IoEngine | None, ioeventfd: bool, kicks: list[Closable]) -> PciRoot:
     """Bus 0: the host bridge in slot 0, then the configured devices in order (stable slots). With
     an engine, each device's queue kicks become ioeventfds served on the I/O thread (appended to
     `kicks`); without one they exit to the vCPU thread that wrote them."""
@@ -191,18 +195,22 @@ def _attach_pci(config: VmConfig, disks: list[Disk], memory: GuestMemory, vm_fd:
         except KvmError:
             pass
 
+    from vmkit.devices.rate_limiter import RateLimiter
     from vmkit.devices.virtio.blk import VirtioBlk
 
     backends: list[VirtioDevice] = [VirtioRng() for name in config.devices if name == "virtio-rng"]
-    backends += [VirtioBlk(disk, spec.serial, label=f"virtio-blk{i}")
+    backends += [VirtioBlk(disk, spec.serial, label=f"virtio-blk{i}",
+                           limiter=RateLimiter.per_second(bps=spec.bps, iops=spec.iops))
                  for i, (disk, spec) in enumerate(zip(disks, config.disks, strict=True))]
     for backend in backends:
         slot = len(root.functions)
         bar = layout.PCI_MMIO_BASE + slot * layout.PCI_MMIO_STRIDE
         function = VirtioPciDevice(backend, memory, bar, signal_msi)
+        if isinstance(backend, VirtioBlk) and engine is not None:
+            backend.retry_after = partial(_serve_later, engine, backend, function)
         root.add(function, slot)
         mmio.insert(function.bar, bar, BAR_SIZE)
-        kick = QueueKicks(vm_fd, engine, function, bar) if engine is not None else None
+        kick = QueueKicks(vm_fd, engine, function, bar) if engine is not None and ioeventfd else None
         if kick is not None:
             kicks.insert(0, kick)             # closed before the disks they serve
 
@@ -215,6 +223,15 @@ def _attach_pci(config: VmConfig, disks: list[Disk], memory: GuestMemory, vm_fd:
 
         function.config.on_bar_moved = moved
     return root
+
+
+def _serve_later(engine: IoEngine, device: VirtioBlk, function: VirtioPciDevice, delay_ns: int) -> None:
+    """Run the device's queue again on the I/O thread once a rate limit's wait is over."""
+    def again() -> None:
+        device.retry()
+        function.notify(0)
+
+    engine.call_later(delay_ns, again)
 
 
 def _set_boot_registers(vcpu: VcpuFd, memory: GuestMemory, boot: BootPlan) -> None:

@@ -30,13 +30,16 @@ DISK_CACHE_MODES = ("writeback", "none", "unsafe")
 
 
 class DiskSpec(NamedTuple):
-    """One disk of a VM, as `--disk PATH[,ro][,format=F][,cache=C][,serial=S]` gives it (/dev/vda, ...)."""
+    """One disk of a VM, as `--disk PATH[,ro][,format=F][,cache=C][,serial=S][,iops=N][,bps=N]` gives it
+    (/dev/vda, /dev/vdb, ...)."""
 
     path: str
     read_only: bool = False
     format: str | None = None      # None: probed (qcow2 by its magic, else raw, with QEMU's guard)
     cache: str = "writeback"
     serial: str = ""               # GET_ID's answer (20 bytes at most); "" derives one from the file
+    iops: int = 0                  # requests per second (a token bucket refilled each second); 0: no limit
+    bps: int = 0                   # bytes per second, likewise
 
     @classmethod
     def parse(cls, text: str) -> DiskSpec:
@@ -54,6 +57,10 @@ class DiskSpec(NamedTuple):
                 spec = spec._replace(format=value)
             elif key == "cache" and value in DISK_CACHE_MODES:
                 spec = spec._replace(cache=value)
+            elif key in ("iops", "bps") and equals:
+                if not value.isdigit() or not 0 < int(value) < 1 << 64:
+                    raise ConfigError(f"--disk {text!r}: {key}={value!r} is not a whole number from 1 to 2**64-1")
+                spec = spec._replace(**{key: int(value)})
             elif key == "serial" and equals:
                 if not (value.isascii() and value.isprintable() and 0 < len(value) <= 20):
                     raise ConfigError(f"--disk {text!r}: serial={value!r} is not 1..20 printable ASCII characters")
@@ -63,7 +70,7 @@ class DiskSpec(NamedTuple):
                 raise ConfigError(f"--disk {text!r}: {key}={value!r} is not one of {', '.join(choices)}")
             else:
                 raise ConfigError(f"--disk {text!r}: unknown option {option!r} "
-                                  "(ro, format=raw|qcow2, cache=writeback|none|unsafe, serial=TEXT)")
+                                  "(ro, format=raw|qcow2, cache=writeback|none|unsafe, serial=TEXT, iops=N, bps=N)")
         return spec
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 
+from vmkit.devices.rate_limiter import RateLimiter
 from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
 from vmkit.devices.virtio.queue import Buffer, DescriptorChain, Virtqueue, VirtqueueError
 from vmkit.memory import GuestMemory
@@ -57,9 +59,14 @@ class VirtioBlk:
     device_type = DEVICE_TYPE
     queue_sizes = (QUEUE_SIZE,)
 
-    def __init__(self, disk: Disk, serial: str = "", label: str = "virtio-blk") -> None:
+    def __init__(self, disk: Disk, serial: str = "", label: str = "virtio-blk",
+                 limiter: RateLimiter | None = None) -> None:
         self.disk = disk
         self.label = label
+        self.limiter = limiter if limiter is not None and limiter.enabled else None
+        # Set by whoever runs the device: serve the queue again after that many ns (a rate limit).
+        self.retry_after: Callable[[int], None] | None = None
+        self._retry_armed = False
         self.serial = (serial or disk_serial(disk.path)).encode()[:ID_BYTES]
         self.features = VIRTIO_F_VERSION_1 | F_SEG_MAX | F_BLK_SIZE | F_FLUSH
         self.features |= F_RO if disk.read_only else F_DISCARD | F_WRITE_ZEROES
@@ -78,11 +85,38 @@ class VirtioBlk:
         pass
 
     def process(self, queue: Virtqueue, memory: GuestMemory) -> bool:
+        """Serve the available requests; with a rate limit, stop at the first the budget does not
+        cover (it stays in the queue) and ask to be run again when it will."""
         served = False
+        if self._retry_armed:
+            return False                         # waiting out the limit: the timer will run us
         while (chain := queue.pop(memory)) is not None:
+            if self.limiter is not None:
+                wait_ns = self.limiter.consume(self._data_bytes(chain, memory))
+                if wait_ns:
+                    queue.put_back()
+                    if self.retry_after is not None:
+                        self._retry_armed = True
+                        self.retry_after(wait_ns)
+                    break
             queue.push_used(memory, chain.head, self._serve(chain, memory))
             served = True
         return served
+
+    def retry(self) -> None:
+        """The rate limit's wait is over: the next process() serves the queue again."""
+        self._retry_armed = False
+
+    def _data_bytes(self, chain: DescriptorChain, memory: GuestMemory) -> int:
+        """The data a request moves (the bandwidth it costs): IN and OUT data; 0 for the others."""
+        if sum(b.length for b in chain.readable) < HEADER.size:
+            return 0                             # malformed: _serve will refuse it
+        request_type = HEADER.unpack(_gather(memory, chain.readable, HEADER.size))[0]
+        if request_type == T_IN:
+            return max(sum(b.length for b in chain.writable) - 1, 0)
+        if request_type == T_OUT:
+            return sum(b.length for b in chain.readable) - HEADER.size
+        return 0
 
     # --- one request ---------------------------------------------------------------------------
     def _serve(self, chain: DescriptorChain, memory: GuestMemory) -> int:

@@ -113,6 +113,11 @@ class Virtqueue:
             index = next_index
         raise VirtqueueError(f"descriptor chain from {head} is longer than the queue: a loop")
 
+    def put_back(self) -> None:
+        """Offer the chain pop() returned last again on the next pop(): for a device that must wait
+        before serving it (a rate limit), having not touched it."""
+        self.last_avail = (self.last_avail - 1) & 0xFFFF
+
     def push_used(self, memory: GuestMemory, head: int, written: int) -> None:
         """Return a chain to the driver, saying how many bytes the device wrote."""
         slot = self.used_ring + 4 + 8 * (self.next_used % self.size)
