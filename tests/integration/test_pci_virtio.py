@@ -81,9 +81,40 @@ def test_without_ioeventfd_kicks_exit_to_vmkit_and_it_says_so(machine_factory, m
     real = Kvm.check_extension
     monkeypatch.setattr(Kvm, "check_extension", lambda self, cap: 0 if cap == CAP_IOEVENTFD else real(self, cap))
     machine, console = machine_factory("virtio_rng", devices=("virtio-rng",))
-    assert "no ioeventfd" in machine.notes[0] and machine.io_resources == []     # no kicks registered
+    assert "no ioeventfd" in machine.notes[0]
+    assert [type(r).__name__ for r in machine.io_resources] == ["MsiRouter"]      # no kicks registered
     writes = _record_bar_writes(machine)
     machine.start()
     assert machine.wait(60).status == 1, console.text
     assert "RESULT polled_bytes=32" in console.text
     assert [o for o in writes if NOTIFY <= o < MSIX_TABLE]              # the kicks came as exits
+
+
+def test_interrupts_go_out_through_irqfds_not_signal_msi(machine_factory, monkeypatch):
+    from vmkit.kvm.vm import VmFd
+
+    def refuse(self, address, data):
+        raise AssertionError("KVM_SIGNAL_MSI used while irqfd routes exist")
+
+    monkeypatch.setattr(VmFd, "signal_msi", refuse)
+    machine, console = machine_factory("virtio_rng", devices=("virtio-rng",))
+    machine.start()
+    assert machine.wait(60).status == 1, console.text
+    assert "RESULT msix_interrupts=1" in console.text and "RESULT msix_bytes=32" in console.text
+    router = next(r for r in machine.io_resources if type(r).__name__ == "MsiRouter")
+    assert router.routes == 1                              # the one message the guest programmed
+
+
+def test_a_guest_cycling_through_messages_keeps_the_routing_table_bounded(machine_factory):
+    from vmkit.vmm.msi_router import MsiRouter
+
+    machine, _ = machine_factory("hello")
+    router = MsiRouter(machine.vm_fd, max_routes=8)
+    try:
+        for vector in range(0x30, 0x30 + 50):              # 50 distinct messages, 8 routes at most
+            router.signal(0xFEE00000, vector)
+        assert router.routes == 8
+        router.signal(0x12345678, 0x41)                    # whatever KVM thinks of it: no exception
+        assert router.routes <= 8
+    finally:
+        router.close()

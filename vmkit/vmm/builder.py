@@ -11,6 +11,7 @@ The machine comes back in the CREATED state; Machine.start runs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
@@ -27,12 +28,13 @@ from vmkit.devices.legacy.rtc import CmosRtc
 from vmkit.devices.legacy.serial import Serial16550
 from vmkit.devices.pci.root import HostBridge, PciConfigIo, PciConfigMmio, PciRoot
 from vmkit.kvm import Kvm, KvmError, VcpuFd, VmFd
-from vmkit.kvm.constants import CAP_IOEVENTFD
+from vmkit.kvm.constants import CAP_IOEVENTFD, CAP_IRQ_ROUTING, CAP_IRQFD
 from vmkit.memory import GuestMemory
 from vmkit.vmm import host, outcome
 from vmkit.vmm.config import ConfigError, DiskSpec, VmConfig
 from vmkit.vmm.io_engine import IoEngine
 from vmkit.vmm.machine import Buses, Closable, Machine
+from vmkit.vmm.msi_router import MsiRouter
 from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner
 
 if TYPE_CHECKING:
@@ -115,12 +117,19 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         pio.insert(devices["debug-exit"], DEBUG_EXIT_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["debugcon"], DEBUGCON_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["acpi-power"], acpi.SLEEP_CONTROL_PORT, 3)  # type: ignore[arg-type]
+        signal_msi = partial(_signal_msi, vm_fd)
         if config.devices or disks:
             engine = IoEngine(lambda message, trace: end_vm(outcome.internal(message, trace)))
             if not kvm.check_extension(CAP_IOEVENTFD):
                 notes.append("vmkit: this host's KVM has no ioeventfd, so virtio queue kicks exit to vmkit (slower)")
+            if kvm.check_extension(CAP_IRQFD) and kvm.check_extension(CAP_IRQ_ROUTING):
+                router = MsiRouter(vm_fd)
+                kicks.append(router)
+                signal_msi = router.signal
+            else:
+                notes.append("vmkit: this host's KVM has no irqfd or MSI routing: interrupts go by KVM_SIGNAL_MSI")
         devices["pci"] = _attach_pci(config, disks, memory, vm_fd, pio, mmio, engine,
-                                     kvm.check_extension(CAP_IOEVENTFD) > 0, kicks)
+                                     kvm.check_extension(CAP_IOEVENTFD) > 0, kicks, signal_msi)
 
         # 5. vCPUs
         supported_cpuid = kvm.supported_cpuid()
@@ -173,7 +182,8 @@ def _open_disks(specs: tuple[DiskSpec, ...], opened: list[Closable]) -> list[Dis
 
 
 def _attach_pci(config: VmConfig, disks: list[Disk], memory: GuestMemory, vm_fd: VmFd, pio: Bus, mmio: Bus,
-                engine: IoEngine | None, ioeventfd: bool, kicks: list[Closable]) -> PciRoot:
+                engine: IoEngine | None, ioeventfd: bool, kicks: list[Closable],
+                signal_msi: Callable[[int, int], None]) -> PciRoot:
     """Bus 0: the host bridge in slot 0, then the configured devices in order (stable slots). With
     an engine, each device's queue kicks become ioeventfds served on the I/O thread (appended to
     `kicks`); without one they exit to the vCPU thread that wrote them."""
@@ -184,19 +194,11 @@ def _attach_pci(config: VmConfig, disks: list[Disk], memory: GuestMemory, vm_fd:
     if not config.devices and not disks:
         return root
     # The virtio stack is imported only when a device asks for it: start-up pays for what it uses.
+    from vmkit.devices.rate_limiter import RateLimiter
+    from vmkit.devices.virtio.blk import VirtioBlk
     from vmkit.devices.virtio.pci_transport import BAR_SIZE, VirtioDevice, VirtioPciDevice
     from vmkit.devices.virtio.rng import VirtioRng
     from vmkit.vmm.queue_kicks import QueueKicks
-
-    def signal_msi(address: int, data: int) -> None:
-        """Deliver an MSI the guest programmed; one KVM refuses (a bad address) is dropped."""
-        try:
-            vm_fd.signal_msi(address, data)
-        except KvmError:
-            pass
-
-    from vmkit.devices.rate_limiter import RateLimiter
-    from vmkit.devices.virtio.blk import VirtioBlk
 
     backends: list[VirtioDevice] = [VirtioRng() for name in config.devices if name == "virtio-rng"]
     backends += [VirtioBlk(disk, spec.serial, label=f"virtio-blk{i}",
@@ -223,6 +225,14 @@ def _attach_pci(config: VmConfig, disks: list[Disk], memory: GuestMemory, vm_fd:
 
         function.config.on_bar_moved = moved
     return root
+
+
+def _signal_msi(vm_fd: VmFd, address: int, data: int) -> None:
+    """Deliver an MSI with KVM_SIGNAL_MSI; one KVM refuses (a bad address) is dropped."""
+    try:
+        vm_fd.signal_msi(address, data)
+    except KvmError:
+        pass
 
 
 def _serve_later(engine: IoEngine, device: VirtioBlk, function: VirtioPciDevice, delay_ns: int) -> None:
