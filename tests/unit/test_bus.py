@@ -3,6 +3,8 @@
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vmkit.devices.bus import BYTE_WIDE, Access, Bus, BusError
 
@@ -148,3 +150,122 @@ def test_look_ups_racing_moves_see_a_whole_map():
     stop.set()
     threads[0].join()
     assert errors == []
+
+
+def test_a_range_ends_at_its_last_byte():
+    bus = Bus("pio")
+    dev = Recorder("rtc", BYTE_WIDE)
+    bus.insert(dev, 0x70, 2)
+    assert bus.find(0x6F) is None
+    assert bus.find(0x70).device is dev and bus.find(0x71).device is dev
+    assert bus.find(0x72) is None                      # base + length is the first byte after it
+    assert bus.read(0x72, 1) == b"\xff" and bus.write(0x72, b"\0") is False
+    assert dev.accesses == []
+
+
+def test_a_two_byte_access_to_a_byte_wide_device_is_split_too():
+    bus = Bus("pio")
+    uart = Recorder("uart", BYTE_WIDE)
+    bus.insert(uart, 0x3F8, 8)
+    assert bus.read(0x3F9, 2) == b"\x01\x02"
+    assert bus.write(0x3FF, b"ab") is True             # the first byte is taken, the second nobody's
+    assert uart.accesses == [("r", 1, 1), ("r", 2, 1), ("w", 7, b"a")]
+    assert bus.write(0x400, b"ab") is False
+
+
+def test_a_device_that_does_not_decode_bytes_is_never_split_into_them():
+    bus = Bus("pio")
+    odd = Recorder("odd", Access(frozenset({2}), byte_wide=True))
+    bus.insert(odd, 0x80, 4)
+    assert bus.read(0x80, 2) == b"\0\0"
+    assert bus.read(0x81, 1) == b"\xff"                # a byte it does not decode: all ones
+    assert bus.write(0x81, b"x") is False
+    assert odd.accesses == [("r", 0, 2)]
+
+
+def test_only_the_device_holding_a_range_can_release_it():
+    bus = Bus("mmio")
+    bar, other = Recorder("bar"), Recorder("other")
+    bus.insert(bar, 0x1000, 0x100)
+    with pytest.raises(BusError, match=r"^mmio bus: other holds no range at 0x1000$"):
+        bus.remove(other, 0x1000)
+    with pytest.raises(BusError, match=r"^mmio bus: bar holds no range at 0x1080$"):
+        bus.remove(bar, 0x1080)
+    with pytest.raises(BusError, match=r"^mmio bus: bar holds no range at 0x2000$"):
+        bus.remove(bar, 0x2000)                        # past every range
+    assert bus.find(0x1000).device is bar
+    bus.remove(bar, 0x1000)
+    assert bus.ranges() == []
+
+
+def test_errors_name_the_bus():
+    bus = Bus("mmio")
+    bus.insert(Recorder("a"), 0x1000, 0x10)
+    with pytest.raises(BusError, match=r"^mmio bus: b at \[0x1008, 0x1018\) overlaps a at \[0x1000, 0x1010\)$"):
+        bus.insert(Recorder("b"), 0x1008, 0x10)
+    with pytest.raises(BusError, match=r"^mmio bus: c asks for an empty range at 0x5000$"):
+        bus.insert(Recorder("c"), 0x5000, 0)
+    assert bus.name == "mmio"
+
+
+# --- whatever the guest does -------------------------------------------------------------------
+
+ACCESSES = st.sampled_from([
+    BYTE_WIDE,
+    Access(frozenset({1, 2, 4})),
+    Access(frozenset({1, 2, 4}), aligned=True),
+    Access(frozenset({4, 8}), aligned=True),
+    Access(frozenset({1, 2, 4, 8})),
+])
+
+
+@st.composite
+def layouts(draw):
+    """Up to five non-overlapping ranges in [0, 0x100), each with its own Access."""
+    cuts = sorted(draw(st.sets(st.integers(0, 0x100), min_size=2, max_size=10)))
+    pairs = list(zip(cuts[::2], cuts[1::2], strict=False))
+    return [(base, end - base, draw(ACCESSES)) for base, end in pairs]
+
+
+@settings(max_examples=100, derandomize=True, database=None, deadline=None)
+@given(layout=layouts(),
+       accesses=st.lists(st.tuples(st.booleans(), st.integers(0, 0x108), st.sampled_from([1, 2, 4, 8])),
+                         max_size=30))
+def test_every_access_gets_width_bytes_and_devices_see_only_what_they_decode(layout, accesses):
+    bus = Bus("mmio")
+    devices = []
+    for base, length, access in layout:
+        dev = Recorder(f"d{base:x}", access)
+        bus.insert(dev, base, length)
+        devices.append((base, length, dev))
+
+    def owner(address):
+        return next(((base, length, dev) for base, length, dev in devices if base <= address < base + length),
+                    None)
+
+    def expected(address, size):
+        """What a read returns, from the rules in bus.py's docstring."""
+        found = owner(address)
+        if found is None:
+            return b"\xff" * size
+        base, length, dev = found
+        offset = address - base
+        access = dev.access
+        if size in access.widths and offset + size <= length and not (access.aligned and offset % size):
+            return bytes([offset & 0xFF]) * size
+        if access.byte_wide and size > 1:
+            return b"".join(expected(address + i, 1) for i in range(size))
+        return b"\xff" * size
+
+    for is_write, address, size in accesses:
+        if is_write:
+            bus.write(address, bytes(size))
+        else:
+            data = bus.read(address, size)
+            assert len(data) == size
+            assert data == expected(address, size)
+    for _base, length, dev in devices:
+        for kind, offset, payload in dev.accesses:
+            size = payload if kind == "r" else len(payload)
+            assert size in dev.access.widths and 0 <= offset and offset + size <= length
+            assert not (dev.access.aligned and offset % size)

@@ -166,11 +166,12 @@ class VirtioPciDevice:
             self.device_feature_select = value
         elif offset == 0x08:
             self.driver_feature_select = value
-        elif offset == 0x0C and self.driver_feature_select < 2:
+        elif offset == 0x0C and self.driver_feature_select < 2 and not self.status & STATUS_FEATURES_OK:
+            # once FEATURES_OK is set the negotiated features are fixed (spec 3.1.1; QEMU does the same)
             shift = 32 * self.driver_feature_select
             self.driver_features = (self.driver_features & ~(0xFFFFFFFF << shift)) | (value << shift)
         elif offset == 0x10:
-            self.config_msix_vector = value
+            self.config_msix_vector = self._vector(value)
         elif offset == 0x14:
             self._write_status(value)
         elif offset == 0x16:
@@ -178,7 +179,7 @@ class VirtioPciDevice:
         elif q is None:
             return
         elif offset == 0x1A:
-            q.msix_vector = value
+            q.msix_vector = self._vector(value)
         elif q.ready:
             return                                   # a live queue's size is fixed
         elif offset == 0x18:
@@ -190,6 +191,11 @@ class VirtioPciDevice:
                 self._fail(f"queue {self.queue_select}: {exc}")
                 return
             q.ready = True
+
+    def _vector(self, value: int) -> int:
+        """The vector an event is mapped to: a table entry that exists, else NO_VECTOR, which is how a
+        device reports a mapping it cannot make (spec 4.1.5.1.2.1; the driver reads it back)."""
+        return value if value < self.msix.vectors else NO_VECTOR
 
     def _write_status(self, value: int) -> None:
         if value == 0:

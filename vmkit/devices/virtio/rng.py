@@ -15,7 +15,7 @@ class VirtioRng:
     label = "virtio-rng"
     device_type = 4
     features = VIRTIO_F_VERSION_1
-    queue_sizes = (256,)
+    queue_sizes: tuple[int, ...] = (256,)
 
     def config(self) -> bytes:
         return b""
@@ -24,10 +24,8 @@ class VirtioRng:
         served = False
         while (chain := queue.pop(memory)) is not None:
             written = 0
-            for buffer in chain.writable:
+            for buffer in chain.writable:               # in order, up to MAX_BYTES_PER_REQUEST in all
                 length = min(buffer.length, MAX_BYTES_PER_REQUEST - written)
-                if length <= 0:
-                    break
                 memory.write(buffer.address, os.urandom(length))
                 written += length
             queue.push_used(memory, chain.head, written)
