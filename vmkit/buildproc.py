@@ -236,7 +236,7 @@ def remove_stale(directory: Path, suffix: str = ".tmp") -> list[Path]:
     """Remove the NAME.PID.RANDOM.SUFFIX entries of `directory` whose owner is gone: no process
     PID here, and no lock held on it (a live owner in another PID namespace keeps its lock).
     Returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(directory.iterdir())
     except OSError:

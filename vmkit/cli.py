@@ -30,7 +30,7 @@ DESCRIPTION = "vmkit: a virtual machine monitor on Linux KVM."
 EPILOG = "exit status of `vmkit run`:\n" + outcome.exit_status_help() + """
 other commands exit with 0 on success, 125 on an error of input or host, 70 on a bug in vmkit.
 """
-STOP_SIGNALS = {signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+STOP_SIGNALS: dict[int, str] = {signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 SIGNAL_POLL_SECONDS = 0.05      # how soon the wait loop acts on a stop signal the handler recorded
 MAX_BOOT_FILE = 1 << 30          # a kernel or initrd larger than 1 GiB is refused before it is read
 

@@ -15,20 +15,20 @@ from vmkit.kvm.structs import KvmRun
 
 
 class IoIn(NamedTuple):
-    """The guest read `size` bytes from `port`, `count` times (string I/O)."""
+    """The guest read `size` bytes from `port`, `repeats` times (string I/O)."""
 
     port: int
     size: int
-    count: int
+    repeats: int       # not `count`: a NamedTuple field may not shadow tuple.count
     data_offset: int
 
 
 class IoOut(NamedTuple):
-    """The guest wrote `count` items of `size` bytes to `port`."""
+    """The guest wrote `repeats` items of `size` bytes to `port`."""
 
     port: int
     size: int
-    count: int
+    repeats: int       # not `count`: a NamedTuple field may not shadow tuple.count
     data_offset: int
 
 

@@ -117,7 +117,7 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         pio.insert(devices["debug-exit"], DEBUG_EXIT_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["debugcon"], DEBUGCON_PORT, 1)  # type: ignore[arg-type]
         pio.insert(devices["acpi-power"], acpi.SLEEP_CONTROL_PORT, 3)  # type: ignore[arg-type]
-        signal_msi = partial(_signal_msi, vm_fd)
+        signal_msi: Callable[[int, int], None] = partial(_signal_msi, vm_fd)
         if config.devices or disks:
             engine = IoEngine(lambda message, trace: end_vm(outcome.internal(message, trace)))
             if not kvm.check_extension(CAP_IOEVENTFD):

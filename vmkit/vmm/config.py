@@ -60,7 +60,7 @@ class DiskSpec(NamedTuple):
             elif key in ("iops", "bps") and equals:
                 if not value.isdigit() or not 0 < int(value) < 1 << 64:
                     raise ConfigError(f"--disk {text!r}: {key}={value!r} is not a whole number from 1 to 2**64-1")
-                spec = spec._replace(**{key: int(value)})
+                spec = spec._replace(iops=int(value)) if key == "iops" else spec._replace(bps=int(value))
             elif key == "serial" and equals:
                 if not (value.isascii() and value.isprintable() and 0 < len(value) <= 20):
                     raise ConfigError(f"--disk {text!r}: serial={value!r} is not 1..20 printable ASCII characters")

@@ -140,10 +140,11 @@ class ConsoleInput:
             if not data:
                 return  # EOF: the guest simply gets no more input
             if self.is_terminal:
-                data = self._filter_escape(data)
-                if data is None:
+                filtered = self._filter_escape(data)
+                if filtered is None:
                     self._on_quit()
                     return
+                data = filtered
             self._feed(data)
 
     def _feed(self, data: bytes) -> None:

@@ -1,6 +1,6 @@
 """One thread per vCPU: KVM_RUN, decode the exit, hand it to the buses, loop.
 
-The loop is flat: a table maps each exit type to a handler. Work done here is
+The loop is flat: one `match` hands each exit type to its handler. Work done here is
 short; a handler that ends the VM reports an Outcome to the machine.
 """
 
@@ -51,17 +51,6 @@ class VcpuRunner:
         self.exit_count = 0
         self.sample_sink: Callable[[int], None] | None = None   # set by a guest profiler
         self.sample_requested = False
-        self._handlers: dict[type, Callable[[x.VcpuExit], bool]] = {
-            x.IoOut: self._io_out,
-            x.IoIn: self._io_in,
-            x.MmioWrite: self._mmio_write,
-            x.MmioRead: self._mmio_read,
-            x.Interrupted: self._interrupted,
-            x.Shutdown: self._shutdown,
-            x.SystemEvent: self._system_event,
-            x.EmulationFailure: self._emulation_failure,
-            x.Hlt: self._halted,
-        }
 
     def start(self) -> None:
         self.thread.start()
@@ -80,13 +69,8 @@ class VcpuRunner:
     def _main(self) -> None:
         try:
             while self.control.wait_runnable(self.vcpu.index):
-                exit_ = self.vcpu.run()
                 self.exit_count += 1
-                handler = self._handlers.get(type(exit_))
-                if handler is None:
-                    self.end_vm(outcome.error(f"vCPU {self.vcpu.index}: unhandled exit {exit_}"))
-                    return
-                if not handler(exit_):
+                if not self._dispatch(self.vcpu.run()):
                     return
         except KvmError as exc:
             self.end_vm(outcome.error(str(exc)))
@@ -95,40 +79,64 @@ class VcpuRunner:
         finally:
             self.control.runner_exited(self.vcpu.index)
 
+    def _dispatch(self, exit_: x.VcpuExit) -> bool:
+        """Hand one exit to its handler (the common ones first); False leaves the loop."""
+        match exit_:
+            case x.IoOut():
+                return self._io_out(exit_)
+            case x.IoIn():
+                return self._io_in(exit_)
+            case x.MmioWrite():
+                return self._mmio_write(exit_)
+            case x.MmioRead():
+                return self._mmio_read(exit_)
+            case x.Interrupted():
+                return self._interrupted(exit_)
+            case x.Shutdown():
+                return self._shutdown(exit_)
+            case x.SystemEvent():
+                return self._system_event(exit_)
+            case x.EmulationFailure():
+                return self._emulation_failure(exit_)
+            case x.Hlt():
+                return self._halted(exit_)
+        self.end_vm(outcome.error(f"vCPU {self.vcpu.index}: unhandled exit {exit_}"))
+        return False
+
     # --- handlers: return False to leave the loop ------------------------------
-    def _interrupted(self, e: x.Interrupted) -> bool:  # type: ignore[override]
+    def _interrupted(self, e: x.Interrupted) -> bool:
         if self.sample_requested and self.sample_sink is not None:
             self.sample_requested = False
             self.sample_sink(self.vcpu.get_regs().rip)
         return True
 
-    def _io_out(self, e: x.IoOut) -> bool:  # type: ignore[override]
-        data = self.vcpu.io_data(e.data_offset, e.size * e.count)
+    def _io_out(self, e: x.IoOut) -> bool:
+        data = self.vcpu.io_data(e.data_offset, e.size * e.repeats)
         write = self.pio.write
-        for i in range(0, e.size * e.count, e.size):
+        for i in range(0, e.size * e.repeats, e.size):
             write(e.port, bytes(data[i : i + e.size]))
         return True
 
-    def _io_in(self, e: x.IoIn) -> bool:  # type: ignore[override]
-        data = self.vcpu.io_data(e.data_offset, e.size * e.count)
-        for i in range(0, e.size * e.count, e.size):
+    def _io_in(self, e: x.IoIn) -> bool:
+        data = self.vcpu.io_data(e.data_offset, e.size * e.repeats)
+        for i in range(0, e.size * e.repeats, e.size):
             data[i : i + e.size] = self.pio.read(e.port, e.size)
         return True
 
-    def _mmio_write(self, e: x.MmioWrite) -> bool:  # type: ignore[override]
+    def _mmio_write(self, e: x.MmioWrite) -> bool:
         self.mmio.write(e.address, e.data)
         return True
 
-    def _mmio_read(self, e: x.MmioRead) -> bool:  # type: ignore[override]
+    def _mmio_read(self, e: x.MmioRead) -> bool:
         value = self.mmio.read(e.address, e.length)
         self.vcpu.run_page.exit.mmio.data[: e.length] = value
         return True
 
-    def _shutdown(self, e: x.Shutdown) -> bool:  # type: ignore[override]
+    def _shutdown(self, e: x.Shutdown) -> bool:
         self.end_vm(outcome.triple_fault(self.vcpu.index, self.vcpu.get_regs().rip))
         return False
 
-    def _system_event(self, e: x.SystemEvent) -> bool:  # type: ignore[override]
+    def _system_event(self, e: x.SystemEvent) -> bool:
         if e.kind == "reset":
             self.end_vm(outcome.RESET)
         elif e.kind == "shutdown":
@@ -137,11 +145,11 @@ class VcpuRunner:
             self.end_vm(outcome.error(f"vCPU {self.vcpu.index}: guest {e.kind} (system event {e.type_code})"))
         return False
 
-    def _halted(self, e: x.Hlt) -> bool:  # type: ignore[override]
+    def _halted(self, e: x.Hlt) -> bool:
         self.end_vm(outcome.error(f"vCPU {self.vcpu.index} halted with no in-kernel irqchip to wake it"))
         return False
 
-    def _emulation_failure(self, e: x.EmulationFailure) -> bool:  # type: ignore[override]
+    def _emulation_failure(self, e: x.EmulationFailure) -> bool:
         if self.complete_unemulated and unemulated.complete(self.vcpu, e.instruction_bytes):
             return True
         shown = e.instruction_bytes.hex(" ") or "not reported"

@@ -57,7 +57,7 @@ class VirtioBlk:
     """The device side of one disk."""
 
     device_type = DEVICE_TYPE
-    queue_sizes = (QUEUE_SIZE,)
+    queue_sizes: tuple[int, ...] = (QUEUE_SIZE,)
 
     def __init__(self, disk: Disk, serial: str = "", label: str = "virtio-blk",
                  limiter: RateLimiter | None = None) -> None:
