@@ -63,7 +63,8 @@ def stream(command: Command, on_line: Callable[[str], None], *, cwd: str | os.Pa
     with process_group(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
                        grace_s=grace_s, death_signal=death_signal) as proc:
-        for line in proc.stdout:  # type: ignore[union-attr]
+        assert proc.stdout is not None          # stdout=PIPE
+        for line in proc.stdout:
             on_line(line)
     return proc.returncode
 

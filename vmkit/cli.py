@@ -450,8 +450,7 @@ def run_vm(args: argparse.Namespace, stops: StopSignals) -> int:
         for notice in [*notices, *machine.notes] if not quiet else ():
             say(notice)
         stops.running()
-        console_input = ConsoleInput(machine.devices["serial0"].receive,  # type: ignore[attr-defined]
-                                     lambda: machine.stop(outcome.QUIT))
+        console_input = ConsoleInput(machine.console.receive, lambda: machine.stop(outcome.QUIT))
         machine.start()
         if args.profile_guest:
             from vmkit.vmm.guest_profiler import GuestProfiler

@@ -8,7 +8,7 @@ one is built on every exit, and a tuple is the cheapest record Python builds.
 from __future__ import annotations
 
 import ctypes
-from typing import NamedTuple
+from typing import NamedTuple, cast, get_args
 
 from vmkit.kvm import constants as c
 from vmkit.kvm.structs import KvmRun
@@ -93,7 +93,7 @@ VcpuExit = (
 
 
 def _same_exit(self: tuple, other: object) -> bool:
-    return type(other) is type(self) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+    return type(other) is type(self) and tuple.__eq__(self, cast(tuple, other))
 
 
 def _other_exit(self: tuple, other: object) -> bool:
@@ -109,7 +109,7 @@ def _is_an_exit(self: tuple) -> bool:
 
 
 # Exits compare equal only to exits of the same kind (plain tuples would make IoIn == IoOut).
-for _kind in VcpuExit.__args__:  # type: ignore[attr-defined]
+for _kind in get_args(VcpuExit):
     _kind.__eq__, _kind.__ne__, _kind.__hash__, _kind.__bool__ = _same_exit, _other_exit, _exit_hash, _is_an_exit
 
 _SYSTEM_EVENT_KINDS = {

@@ -36,7 +36,10 @@ def iowr(nr: int, size: int) -> int:
     return _ioc(_IOC_READ | _IOC_WRITE, nr, size)
 
 
-def raw_ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array | None = 0) -> int:
+IoctlArg = int | ctypes.Structure | ctypes.Array | None
+
+
+def raw_ioctl(fd: int, request: int, arg: IoctlArg = 0) -> int:
     """Call ioctl(2) through libc, releasing the GIL; return the result or -errno.
 
     Unlike fcntl.ioctl this neither retries on EINTR nor raises, so a vCPU

@@ -10,7 +10,7 @@ import os
 from vmkit.kvm import constants as c
 from vmkit.kvm.errors import KvmError
 from vmkit.kvm.exits import Interrupted, VcpuExit, decode_exit
-from vmkit.kvm.ioctl import raw_ioctl
+from vmkit.kvm.ioctl import IoctlArg, raw_ioctl
 from vmkit.kvm.structs import Cpuid2, Fpu, KvmRun, MsrEntry, Regs, Sregs, VcpuEvents, msrs_struct
 
 _INTERRUPTED = Interrupted()
@@ -28,8 +28,8 @@ class VcpuFd:
         self._run_bytes = memoryview(self._mmap)
         self.run_address = ctypes.addressof(self._run_buffer)
 
-    def _call(self, name: str, request: int, arg: object = 0) -> int:
-        ret = raw_ioctl(self.fd, request, arg)  # type: ignore[arg-type]
+    def _call(self, name: str, request: int, arg: IoctlArg = 0) -> int:
+        ret = raw_ioctl(self.fd, request, arg)
         if ret < 0:
             raise KvmError(f"{name} (vCPU {self.index})", -ret)
         return ret

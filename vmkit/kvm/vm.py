@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from vmkit.kvm import constants as c
 from vmkit.kvm.errors import KvmError
-from vmkit.kvm.ioctl import raw_ioctl
+from vmkit.kvm.ioctl import IoctlArg, raw_ioctl
 from vmkit.kvm.structs import (
     IoEventFd,
     IrqFd,
@@ -30,8 +30,8 @@ class VmFd:
         self.fd = fd
         self.kvm = kvm
 
-    def _call(self, name: str, request: int, arg: object = 0) -> int:
-        ret = raw_ioctl(self.fd, request, arg)  # type: ignore[arg-type]
+    def _call(self, name: str, request: int, arg: IoctlArg = 0) -> int:
+        ret = raw_ioctl(self.fd, request, arg)
         if ret < 0:
             raise KvmError(name, -ret)
         return ret

@@ -8,10 +8,10 @@ class GuestAddress(int):
 
     __slots__ = ()
 
-    def __add__(self, other: int) -> GuestAddress:
+    def __add__(self, other: int, /) -> GuestAddress:
         return GuestAddress(int(self) + int(other))
 
-    def __sub__(self, other: int) -> GuestAddress:  # type: ignore[override]
+    def __sub__(self, other: int, /) -> GuestAddress:
         return GuestAddress(int(self) - int(other))
 
     def align_up(self, alignment: int) -> GuestAddress:

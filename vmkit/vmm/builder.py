@@ -20,7 +20,7 @@ from vmkit.arch.x86.boot import BootPlan, detect_kind, load_guest
 from vmkit.arch.x86.cpuid import vcpu_cpuid
 from vmkit.arch.x86.errors import BootError
 from vmkit.arch.x86.msrs import boot_msrs
-from vmkit.devices.bus import Bus
+from vmkit.devices.bus import Bus, BusDevice
 from vmkit.devices.legacy.acpi_power import AcpiPower
 from vmkit.devices.legacy.debug_exit import DebugConsole, DebugExit
 from vmkit.devices.legacy.i8042 import I8042
@@ -102,21 +102,19 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
 
         pio, mmio = Bus("pio"), Bus("mmio")
         serial = Serial16550(config.console_output, lambda level: vm_fd.set_irq_line(layout.COM1_IRQ, level))
-        devices: dict[str, object] = {
-            "serial0": serial,
-            "i8042": I8042(lambda: end_vm(outcome.RESET)),
-            "rtc": CmosRtc(),
-            "debug-exit": DebugExit(lambda value: end_vm(outcome.Outcome.debug_exit(value))),
-            "debugcon": DebugConsole(config.console_output),
-            "acpi-power": AcpiPower(lambda: end_vm(outcome.POWEROFF), lambda: end_vm(outcome.RESET),
-                                    acpi.RESET_VALUE),
-        }
-        pio.insert(serial, layout.COM1_PORT, 8)
-        pio.insert(devices["i8042"], I8042_PORT, 5)  # type: ignore[arg-type]
-        pio.insert(devices["rtc"], RTC_PORT, 2)  # type: ignore[arg-type]
-        pio.insert(devices["debug-exit"], DEBUG_EXIT_PORT, 1)  # type: ignore[arg-type]
-        pio.insert(devices["debugcon"], DEBUGCON_PORT, 1)  # type: ignore[arg-type]
-        pio.insert(devices["acpi-power"], acpi.SLEEP_CONTROL_PORT, 3)  # type: ignore[arg-type]
+        legacy: list[tuple[str, BusDevice, int, int]] = [
+            ("serial0", serial, layout.COM1_PORT, 8),
+            ("i8042", I8042(lambda: end_vm(outcome.RESET)), I8042_PORT, 5),
+            ("rtc", CmosRtc(), RTC_PORT, 2),
+            ("debug-exit", DebugExit(lambda value: end_vm(outcome.Outcome.debug_exit(value))), DEBUG_EXIT_PORT, 1),
+            ("debugcon", DebugConsole(config.console_output), DEBUGCON_PORT, 1),
+            ("acpi-power", AcpiPower(lambda: end_vm(outcome.POWEROFF), lambda: end_vm(outcome.RESET),
+                                     acpi.RESET_VALUE), acpi.SLEEP_CONTROL_PORT, 3),
+        ]
+        devices: dict[str, object] = {}
+        for name, device, port, length in legacy:
+            pio.insert(device, port, length)
+            devices[name] = device
         signal_msi: Callable[[int, int], None] = partial(_signal_msi, vm_fd)
         if config.devices or disks:
             engine = IoEngine(lambda message, trace: end_vm(outcome.internal(message, trace)))
@@ -144,7 +142,7 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
 
         control = RunControl(config.vcpus)
         runners = [VcpuRunner(v, pio, mmio, end_vm, control, complete_unemulated=on_pvm) for v in vcpus]
-        machine = Machine(kvm, vm_fd, memory, Buses(pio, mmio), runners, control, boot, devices,
+        machine = Machine(kvm, vm_fd, memory, Buses(pio, mmio), runners, control, boot, devices, serial,
                           io_engine=engine, io_resources=kicks, notes=notes)
         machine_ref.append(machine)
         return machine

@@ -7,6 +7,7 @@ from typing import NamedTuple, Protocol
 
 from vmkit.arch.x86.boot import BootPlan
 from vmkit.devices.bus import Bus
+from vmkit.devices.legacy.serial import Serial16550
 from vmkit.kvm import Kvm, VmFd
 from vmkit.memory import GuestMemory
 from vmkit.vmm.guest_profiler import GuestProfiler
@@ -32,7 +33,7 @@ class Machine:
 
     def __init__(self, kvm: Kvm, vm_fd: VmFd, memory: GuestMemory, buses: Buses,
                  runners: list[VcpuRunner], control: RunControl, boot: BootPlan,
-                 devices: dict[str, object], io_engine: IoEngine | None = None,
+                 devices: dict[str, object], console: Serial16550, io_engine: IoEngine | None = None,
                  io_resources: list[Closable] | None = None, notes: list[str] | None = None) -> None:
         self.kvm = kvm
         self.vm_fd = vm_fd
@@ -42,6 +43,7 @@ class Machine:
         self.control = control
         self.boot = boot
         self.devices = devices
+        self.console = console            # the UART behind the guest's console (host input goes here)
         self.io_engine = io_engine
         self.io_resources = io_resources or []
         self.notes = notes or []          # what a user should know about this machine (said once)
