@@ -15,6 +15,7 @@ import pytest
 
 from vmkit.arch.x86 import layout
 from vmkit.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
+from vmkit.vmm.config import DiskSpec
 
 PIO_WIDTHS = (1, 2, 4)        # in/out: byte, word, dword
 MMIO_WIDTHS = (1, 2, 4, 8)    # mov: up to a qword
@@ -50,8 +51,11 @@ def _changed(before: bytes, after: bytes, page: int = 4096) -> list[int]:
             for i in range(min(page, len(before) - start)) if before[start + i] != after[start + i]]
 
 
-def test_every_offset_and_width_of_every_device(machine_factory):
-    machine, console = machine_factory("hello", memory_mib=16, devices=("virtio-rng", "virtio-rng"))
+def test_every_offset_and_width_of_every_device(machine_factory, tmp_path):
+    image = tmp_path / "disk.raw"
+    image.write_bytes(bytes(1 << 20))
+    machine, console = machine_factory("hello", memory_mib=16, devices=("virtio-rng",),
+                                       disks=(DiskSpec(str(image)),))
     rng = random.Random(7)
     before = _memory_image(machine)
     labels = set()
@@ -69,7 +73,7 @@ def test_every_offset_and_width_of_every_device(machine_factory):
                         assert len(data) == width, (found.describe(), hex(address), width)
     assert {"serial0", "i8042", "rtc", "debug-exit", "debugcon", "acpi-power", "pci-config-io",
             "pci-ecam"} <= labels
-    assert any(label.startswith("virtio-pci") for label in labels)
+    assert {"virtio-pci (virtio-rng) BAR0", "virtio-pci (virtio-blk0) BAR0"} <= labels
     # the writes may have ended the VM (debug-exit, reset, power-off): as the guest, never as a bug
     assert machine.outcome is None or machine.outcome.kind in ("debug-exit", "reset", "poweroff")
     assert _memory_image(machine) == before       # no queue was set up: memory is untouched
@@ -102,8 +106,14 @@ def _setup_queue(bar_write, bar_read):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_random_queue_traffic_touches_only_what_the_guest_gave(machine_factory, seed):
-    machine, _ = machine_factory("hello", memory_mib=RAM >> 20, devices=("virtio-rng",))
+@pytest.mark.parametrize("kind", ["virtio-rng", "virtio-blk"])
+def test_random_queue_traffic_touches_only_what_the_guest_gave(machine_factory, tmp_path, kind, seed):
+    if kind == "virtio-rng":
+        machine, _ = machine_factory("hello", memory_mib=RAM >> 20, devices=("virtio-rng",))
+    else:
+        image = tmp_path / "disk.raw"
+        image.write_bytes(bytes(1 << 20))
+        machine, _ = machine_factory("hello", memory_mib=RAM >> 20, disks=(DiskSpec(str(image)),))
     memory = machine.memory
     rng = random.Random(seed)
     bar = layout.PCI_MMIO_BASE + 0x10000
@@ -160,7 +170,8 @@ def test_random_queue_traffic_touches_only_what_the_guest_gave(machine_factory, 
             memory.write(AVAIL + 2, b"\0\0")
             resets += 1
     assert machine.outcome is None
-    assert served > 0 and resets > 0          # both paths ran: chains served, hostile ones refused
+    assert resets > 0                          # hostile chains were refused ...
+    assert served > 0 or kind == "virtio-blk"  # ... and others served (random blk chains rarely parse)
 
 
 DEVICE_LABELS = ("serial0", "i8042", "rtc", "debug-exit", "debugcon", "acpi-power", "pci-config-io",
