@@ -106,9 +106,9 @@ def _setup_queue(bar_write, bar_read):
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("kind", ["virtio-rng", "virtio-blk"])
-def test_random_queue_traffic_touches_only_what_the_guest_gave(machine_factory, tmp_path, kind, seed):
-    if kind == "virtio-rng":
+@pytest.mark.parametrize("device_kind", ["virtio-rng", "virtio-blk"])
+def test_random_queue_traffic_touches_only_what_the_guest_gave(machine_factory, tmp_path, device_kind, seed):
+    if device_kind == "virtio-rng":
         machine, _ = machine_factory("hello", memory_mib=RAM >> 20, devices=("virtio-rng",))
     else:
         image = tmp_path / "disk.raw"
@@ -171,7 +171,7 @@ def test_random_queue_traffic_touches_only_what_the_guest_gave(machine_factory, 
             resets += 1
     assert machine.outcome is None
     assert resets > 0                          # hostile chains were refused ...
-    assert served > 0 or kind == "virtio-blk"  # ... and others served (random blk chains rarely parse)
+    assert served > 0 or device_kind == "virtio-blk"   # ... and others served (random blk chains rarely parse)
 
 
 DEVICE_LABELS = ("serial0", "i8042", "rtc", "debug-exit", "debugcon", "acpi-power", "pci-config-io",
