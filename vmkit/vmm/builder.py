@@ -32,6 +32,7 @@ from vmkit.kvm.constants import CAP_IOEVENTFD, CAP_IRQ_ROUTING, CAP_IRQFD
 from vmkit.memory import GuestMemory
 from vmkit.vmm import host, outcome
 from vmkit.vmm.config import ConfigError, DiskSpec, VmConfig
+from vmkit.vmm.ending import Ending
 from vmkit.vmm.io_engine import IoEngine
 from vmkit.vmm.machine import Buses, Closable, Machine
 from vmkit.vmm.msi_router import MsiRouter
@@ -95,10 +96,8 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
                           num_cpus=config.vcpus, protocol=config.protocol)
 
         # 4. devices
-        machine_ref: list[Machine] = []
-
-        def end_vm(reason: outcome.Outcome) -> None:
-            machine_ref[0].end(reason)
+        ending = Ending()                          # before any device: devices report to it
+        end_vm = ending.report
 
         pio, mmio = Bus("pio"), Bus("mmio")
         serial = Serial16550(config.console_output, lambda level: vm_fd.set_irq_line(layout.COM1_IRQ, level))
@@ -142,9 +141,8 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
 
         control = RunControl(config.vcpus)
         runners = [VcpuRunner(v, pio, mmio, end_vm, control, complete_unemulated=on_pvm) for v in vcpus]
-        machine = Machine(kvm, vm_fd, memory, Buses(pio, mmio), runners, control, boot, devices, serial,
+        machine = Machine(kvm, vm_fd, memory, Buses(pio, mmio), runners, control, boot, ending, devices, serial,
                           io_engine=engine, io_resources=kicks, notes=notes)
-        machine_ref.append(machine)
         return machine
     except BaseException:
         for kick in kicks:

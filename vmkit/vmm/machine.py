@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import NamedTuple, Protocol
 
 from vmkit.arch.x86.boot import BootPlan
@@ -10,10 +9,11 @@ from vmkit.devices.bus import Bus
 from vmkit.devices.legacy.serial import Serial16550
 from vmkit.kvm import Kvm, VmFd
 from vmkit.memory import GuestMemory
+from vmkit.vmm.ending import Ending
 from vmkit.vmm.guest_profiler import GuestProfiler
 from vmkit.vmm.io_engine import IoEngine
 from vmkit.vmm.outcome import Outcome
-from vmkit.vmm.state import Lifecycle, VmState
+from vmkit.vmm.state import Command, Lifecycle, VmState, VmStateError
 from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner, install_kick_handler
 
 
@@ -32,7 +32,7 @@ class Machine:
     """A VM ready to run. Drive it with start/pause/resume/stop; wait() returns how it ended."""
 
     def __init__(self, kvm: Kvm, vm_fd: VmFd, memory: GuestMemory, buses: Buses,
-                 runners: list[VcpuRunner], control: RunControl, boot: BootPlan,
+                 runners: list[VcpuRunner], control: RunControl, boot: BootPlan, ending: Ending,
                  devices: dict[str, object], console: Serial16550, io_engine: IoEngine | None = None,
                  io_resources: list[Closable] | None = None, notes: list[str] | None = None) -> None:
         self.kvm = kvm
@@ -48,9 +48,8 @@ class Machine:
         self.io_resources = io_resources or []
         self.notes = notes or []          # what a user should know about this machine (said once)
         self.lifecycle = Lifecycle()
-        self._outcome: Outcome | None = None
-        self._ended = threading.Event()
-        self._end_lock = threading.Lock()
+        self.ending = ending
+        ending.on_end(self._stop_vcpus)
         self._closed = False
 
     @property
@@ -59,37 +58,34 @@ class Machine:
 
     @property
     def outcome(self) -> Outcome | None:
-        return self._outcome
+        return self.ending.outcome
 
     def start(self) -> None:
         install_kick_handler()
-        self.lifecycle.apply("start")
+        self.lifecycle.apply(Command.START)
         if self.io_engine is not None:
             self.io_engine.start()
         for runner in self.runners:
             runner.start()
 
     def pause(self) -> None:
-        self.lifecycle.apply("pause")
+        self.lifecycle.apply(Command.PAUSE)
         self.control.pause(self._kick_all)
 
     def resume(self) -> None:
-        self.lifecycle.apply("resume")
+        self.lifecycle.apply(Command.RESUME)
         self.control.resume()
 
     def stop(self, reason: Outcome) -> None:
-        """Stop the VM from the host side (signal, console, API)."""
-        self.end(reason)
+        """Stop the VM from the host side (signal, console, API); the first ending reported wins."""
+        self.ending.report(reason)
 
-    def end(self, reason: Outcome) -> None:
-        """Record how the VM ended (the first report wins) and stop every vCPU."""
-        with self._end_lock:
-            if self._ended.is_set():
-                return
-            self._outcome = reason
-            self._ended.set()
-            if self.lifecycle.state != VmState.STOPPED:
-                self.lifecycle.apply("stop")
+    def _stop_vcpus(self) -> None:
+        """The VM has ended (reported by anyone): the lifecycle says so, and every vCPU leaves."""
+        try:
+            self.lifecycle.apply(Command.STOP)
+        except VmStateError:
+            pass                                  # closed (stopped) already
         self.control.stop()
         self._kick_all()
 
@@ -105,8 +101,7 @@ class Machine:
         profiler.start(self._kick_all, request)
 
     def wait(self, timeout: float | None = None) -> Outcome | None:
-        self._ended.wait(timeout)
-        return self._outcome
+        return self.ending.wait(timeout)
 
     def _kick_all(self) -> None:
         for runner in self.runners:
@@ -117,8 +112,11 @@ class Machine:
         if self._closed:
             return
         self._closed = True
-        if not self._ended.is_set() and self.lifecycle.state != VmState.STOPPED:
-            self.lifecycle.apply("stop")
+        if self.lifecycle.state != VmState.STOPPED:
+            try:
+                self.lifecycle.apply(Command.STOP)
+            except VmStateError:
+                pass                              # the ending stopped it a moment ago
         self.control.stop()
         for runner in self.runners:
             if runner.thread.is_alive():

@@ -19,22 +19,29 @@ class VmState(enum.Enum):
     STOPPED = "stopped"
 
 
+class Command(enum.Enum):
+    START = "start"
+    PAUSE = "pause"
+    RESUME = "resume"
+    STOP = "stop"
+
+
 class VmStateError(RuntimeError):
     """A command does not apply to the VM's current state."""
 
-    def __init__(self, command: str, state: VmState) -> None:
+    def __init__(self, command: Command, state: VmState) -> None:
         self.command = command
         self.state = state
-        super().__init__(f"cannot {command} a VM that is {state.value}")
+        super().__init__(f"cannot {command.value} a VM that is {state.value}")
 
 
-TRANSITIONS: dict[tuple[VmState, str], VmState] = {
-    (VmState.CREATED, "start"): VmState.RUNNING,
-    (VmState.RUNNING, "pause"): VmState.PAUSED,
-    (VmState.PAUSED, "resume"): VmState.RUNNING,
-    (VmState.CREATED, "stop"): VmState.STOPPED,
-    (VmState.RUNNING, "stop"): VmState.STOPPED,
-    (VmState.PAUSED, "stop"): VmState.STOPPED,
+TRANSITIONS: dict[tuple[VmState, Command], VmState] = {
+    (VmState.CREATED, Command.START): VmState.RUNNING,
+    (VmState.RUNNING, Command.PAUSE): VmState.PAUSED,
+    (VmState.PAUSED, Command.RESUME): VmState.RUNNING,
+    (VmState.CREATED, Command.STOP): VmState.STOPPED,
+    (VmState.RUNNING, Command.STOP): VmState.STOPPED,
+    (VmState.PAUSED, Command.STOP): VmState.STOPPED,
 }
 
 
@@ -49,7 +56,7 @@ class Lifecycle:
     def state(self) -> VmState:
         return self._state
 
-    def apply(self, command: str) -> VmState:
+    def apply(self, command: Command) -> VmState:
         """Move to the state `command` leads to, or raise VmStateError."""
         with self._lock:
             target = TRANSITIONS.get((self._state, command))
