@@ -197,7 +197,7 @@ def test_seeded_random_register_traffic_per_device(machine_factory, label):
             bus.write(address, rng.getrandbits(8 * width).to_bytes(width, "little"))
     assert machine.outcome is None or machine.outcome.kind in ("debug-exit", "reset", "poweroff")
     allowed = []
-    for queue in machine.devices["pci"].functions[1].queues:
+    for queue in machine.devices.pci.functions[1].queues:
         if queue.ready:             # random writes may have enabled a queue: its used ring, and the
             allowed.append((queue.used_ring, queue.used_ring + 6 + 8 * queue.size))   # writable buffers
             for index in range(queue.size):

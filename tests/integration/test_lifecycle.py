@@ -16,7 +16,7 @@ def test_pause_resume_and_illegal_transitions(machine_factory):
     assert machine.state is VmState.PAUSED and machine.control.parked == 2
     with pytest.raises(VmStateError, match="cannot start a VM that is paused"):
         machine.start()
-    serial = machine.devices["serial0"]
+    serial = machine.console
     serial.receive(b"after pause\n")
     assert "ECHO" not in console.text                  # no vCPU runs while paused
     machine.resume()
@@ -44,7 +44,7 @@ def test_a_bar_moved_over_another_device_is_left_unmapped(machine_factory):
     from vmkit.arch.x86 import layout
 
     machine, _ = machine_factory("hello", devices=("virtio-rng",))
-    function = machine.devices["pci"].functions[1]
+    function = machine.devices.pci.functions[1]
     ecam = machine.buses.mmio.find(layout.PCI_ECAM_ADDR).device
     function.config.write(0x10, struct.pack("<I", layout.PCI_ECAM_ADDR))   # onto ECAM: refused
     assert machine.buses.mmio.find(layout.PCI_ECAM_ADDR).device is ecam
@@ -63,7 +63,7 @@ def test_an_msi_kvm_refuses_is_dropped(machine_factory):
     import struct
 
     machine, _ = machine_factory("hello", devices=("virtio-rng",))
-    function = machine.devices["pci"].functions[1]
+    function = machine.devices.pci.functions[1]
     function.msix.write_table(0, struct.pack("<II", 0xFEE00000, 0))
     function.msix.write_table(8, struct.pack("<II", 0x41, 0))                     # unmasked
     function.config.write(function._msix_cap + 2, struct.pack("<H", 0x8000))     # MSI-X enabled

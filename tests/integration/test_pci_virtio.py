@@ -48,7 +48,7 @@ def test_virtio_rng_absent_is_reported(boot):
 
 
 def _record_bar_writes(machine):
-    function = machine.devices["pci"].functions[1]
+    function = machine.devices.pci.functions[1]
     writes = []
     real_write = function.bar.write
 
@@ -82,7 +82,7 @@ def test_without_ioeventfd_kicks_exit_to_vmkit_and_it_says_so(machine_factory, m
     monkeypatch.setattr(Kvm, "check_extension", lambda self, cap: 0 if cap == CAP_IOEVENTFD else real(self, cap))
     machine, console = machine_factory("virtio_rng", devices=("virtio-rng",))
     assert "no ioeventfd" in machine.notes[0]
-    assert [type(r).__name__ for r in machine.io_resources] == ["MsiRouter"]      # no kicks registered
+    assert [entry.kicks for entry in machine.devices.virtio] == [None]              # no kicks registered
     writes = _record_bar_writes(machine)
     machine.start()
     assert machine.wait(60).status == 1, console.text

@@ -20,18 +20,18 @@ from vmkit.arch.x86.boot import BootPlan, detect_kind, load_guest
 from vmkit.arch.x86.cpuid import vcpu_cpuid
 from vmkit.arch.x86.errors import BootError
 from vmkit.arch.x86.msrs import boot_msrs
-from vmkit.devices.bus import Bus, BusDevice
+from vmkit.devices.bus import Bus
 from vmkit.devices.legacy.acpi_power import AcpiPower
 from vmkit.devices.legacy.debug_exit import DebugConsole, DebugExit
 from vmkit.devices.legacy.i8042 import I8042
 from vmkit.devices.legacy.rtc import CmosRtc
 from vmkit.devices.legacy.serial import Serial16550
-from vmkit.devices.pci.root import HostBridge, PciConfigIo, PciConfigMmio, PciRoot
 from vmkit.kvm import Kvm, KvmError, VcpuFd, VmFd
 from vmkit.kvm.constants import CAP_IOEVENTFD, CAP_IRQ_ROUTING, CAP_IRQFD
 from vmkit.memory import GuestMemory
 from vmkit.vmm import host, outcome
 from vmkit.vmm.config import ConfigError, DiskSpec, VmConfig
+from vmkit.vmm.device_manager import VIRTIO_FACTORIES, DeviceManager
 from vmkit.vmm.ending import Ending
 from vmkit.vmm.io_engine import IoEngine
 from vmkit.vmm.machine import Buses, Closable, Machine
@@ -39,15 +39,8 @@ from vmkit.vmm.msi_router import MsiRouter
 from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner
 
 if TYPE_CHECKING:
-    from vmkit.devices.virtio.blk import VirtioBlk
-    from vmkit.devices.virtio.pci_transport import VirtioPciDevice
     from vmkit.storage.disk import CacheMode, Disk
-    from vmkit.vmm.queue_kicks import QueueKicks
 
-I8042_PORT = 0x60
-RTC_PORT = 0x70
-DEBUG_EXIT_PORT = 0xF4
-DEBUGCON_PORT = 0xE9
 
 
 def is_linux(kernel: bytes) -> bool:
@@ -66,12 +59,12 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
     memory: GuestMemory | None = None
     vcpus: list[VcpuFd] = []
     engine: IoEngine | None = None
-    kicks: list[Closable] = []
+    resources: list[Closable] = []     # closed when the machine closes: device kicks, MSI routes, disks
     notes: list[str] = []
     try:
         config.validate(kvm.max_vcpus)
         on_pvm = host.host_kind() == "pvm"
-        disks = _open_disks(config.disks, kicks)     # a bad image is a start error, before the VM exists
+        disks = _open_disks(config.disks, resources)  # a bad image is a start error, before the VM exists
 
         # 1. VM with in-kernel LAPIC/IOAPIC/PIC and PIT
         vm_fd = kvm.create_vm()
@@ -100,20 +93,6 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         end_vm = ending.report
 
         pio, mmio = Bus("pio"), Bus("mmio")
-        serial = Serial16550(config.console_output, lambda level: vm_fd.set_irq_line(layout.COM1_IRQ, level))
-        legacy: list[tuple[str, BusDevice, int, int]] = [
-            ("serial0", serial, layout.COM1_PORT, 8),
-            ("i8042", I8042(lambda: end_vm(outcome.RESET)), I8042_PORT, 5),
-            ("rtc", CmosRtc(), RTC_PORT, 2),
-            ("debug-exit", DebugExit(lambda value: end_vm(outcome.Outcome.debug_exit(value))), DEBUG_EXIT_PORT, 1),
-            ("debugcon", DebugConsole(config.console_output), DEBUGCON_PORT, 1),
-            ("acpi-power", AcpiPower(lambda: end_vm(outcome.POWEROFF), lambda: end_vm(outcome.RESET),
-                                     acpi.RESET_VALUE), acpi.SLEEP_CONTROL_PORT, 3),
-        ]
-        devices: dict[str, object] = {}
-        for name, device, port, length in legacy:
-            pio.insert(device, port, length)
-            devices[name] = device
         signal_msi: Callable[[int, int], None] = partial(_signal_msi, vm_fd)
         if config.devices or disks:
             engine = IoEngine(lambda message, trace: end_vm(outcome.internal(message, trace)))
@@ -121,12 +100,31 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
                 notes.append("vmkit: this host's KVM has no ioeventfd, so virtio queue kicks exit to vmkit (slower)")
             if kvm.check_extension(CAP_IRQFD) and kvm.check_extension(CAP_IRQ_ROUTING):
                 router = MsiRouter(vm_fd)
-                kicks.append(router)
+                resources.append(router)
                 signal_msi = router.signal
             else:
                 notes.append("vmkit: this host's KVM has no irqfd or MSI routing: interrupts go by KVM_SIGNAL_MSI")
-        devices["pci"] = _attach_pci(config, disks, memory, vm_fd, pio, mmio, engine,
-                                     kvm.check_extension(CAP_IOEVENTFD) > 0, kicks, signal_msi)
+        devices = DeviceManager(memory, vm_fd, pio, mmio, engine, kvm.check_extension(CAP_IOEVENTFD) > 0,
+                                signal_msi)
+        resources.insert(0, devices)               # its kicks close before the disks they serve
+        serial = Serial16550(config.console_output, lambda level: vm_fd.set_irq_line(layout.COM1_IRQ, level))
+        devices.add_legacy("serial0", serial, layout.COM1_PORT, 8)
+        devices.add_legacy("i8042", I8042(lambda: end_vm(outcome.RESET)), layout.I8042_PORT, 5)
+        devices.add_legacy("rtc", CmosRtc(), layout.RTC_PORT, 2)
+        devices.add_legacy("debug-exit", DebugExit(lambda value: end_vm(outcome.Outcome.debug_exit(value))),
+                           layout.DEBUG_EXIT_PORT, 1)
+        devices.add_legacy("debugcon", DebugConsole(config.console_output), layout.DEBUGCON_PORT, 1)
+        devices.add_legacy("acpi-power", AcpiPower(lambda: end_vm(outcome.POWEROFF), lambda: end_vm(outcome.RESET),
+                                                   acpi.RESET_VALUE), acpi.SLEEP_CONTROL_PORT, 3)
+        for name in config.devices:
+            devices.add_virtio(VIRTIO_FACTORIES[name]())
+        if disks:
+            from vmkit.devices.rate_limiter import RateLimiter
+            from vmkit.devices.virtio.blk import VirtioBlk
+
+            for index, (disk, spec) in enumerate(zip(disks, config.disks, strict=True)):
+                devices.add_virtio(VirtioBlk(disk, spec.serial, label=f"virtio-blk{index}",
+                                             limiter=RateLimiter.per_second(bps=spec.bps, iops=spec.iops)))
 
         # 5. vCPUs
         supported_cpuid = kvm.supported_cpuid()
@@ -142,11 +140,11 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         control = RunControl(config.vcpus)
         runners = [VcpuRunner(v, pio, mmio, end_vm, control, complete_unemulated=on_pvm) for v in vcpus]
         machine = Machine(kvm, vm_fd, memory, Buses(pio, mmio), runners, control, boot, ending, devices, serial,
-                          io_engine=engine, io_resources=kicks, notes=notes)
+                          io_engine=engine, io_resources=resources, notes=notes)
         return machine
     except BaseException:
-        for kick in kicks:
-            kick.close()
+        for resource in resources:
+            resource.close()
         if engine is not None:
             engine.close()
         for vcpu in vcpus:
@@ -177,67 +175,12 @@ def _open_disks(specs: tuple[DiskSpec, ...], opened: list[Closable]) -> list[Dis
     return disks
 
 
-def _attach_pci(config: VmConfig, disks: list[Disk], memory: GuestMemory, vm_fd: VmFd, pio: Bus, mmio: Bus,
-                engine: IoEngine | None, ioeventfd: bool, kicks: list[Closable],
-                signal_msi: Callable[[int, int], None]) -> PciRoot:
-    """Bus 0: the host bridge in slot 0, then the configured devices in order (stable slots). With
-    an engine, each device's queue kicks become ioeventfds served on the I/O thread (appended to
-    `kicks`); without one they exit to the vCPU thread that wrote them."""
-    root = PciRoot()
-    root.add(HostBridge(), slot=0)
-    pio.insert(PciConfigIo(root), layout.PCI_CONFIG_PORT, 8)
-    mmio.insert(PciConfigMmio(root), layout.PCI_ECAM_ADDR, layout.PCI_ECAM_SIZE)
-    if not config.devices and not disks:
-        return root
-    # The virtio stack is imported only when a device asks for it: start-up pays for what it uses.
-    from vmkit.devices.rate_limiter import RateLimiter
-    from vmkit.devices.virtio.blk import VirtioBlk
-    from vmkit.devices.virtio.pci_transport import BAR_SIZE, VirtioDevice, VirtioPciDevice
-    from vmkit.devices.virtio.rng import VirtioRng
-    from vmkit.vmm.queue_kicks import QueueKicks
-
-    backends: list[VirtioDevice] = [VirtioRng() for name in config.devices if name == "virtio-rng"]
-    backends += [VirtioBlk(disk, spec.serial, label=f"virtio-blk{i}",
-                           limiter=RateLimiter.per_second(bps=spec.bps, iops=spec.iops))
-                 for i, (disk, spec) in enumerate(zip(disks, config.disks, strict=True))]
-    for backend in backends:
-        slot = len(root.functions)
-        bar = layout.PCI_MMIO_BASE + slot * layout.PCI_MMIO_STRIDE
-        function = VirtioPciDevice(backend, memory, bar, signal_msi)
-        if isinstance(backend, VirtioBlk) and engine is not None:
-            backend.retry_after = partial(_serve_later, engine, backend, function)
-        root.add(function, slot)
-        mmio.insert(function.bar, bar, BAR_SIZE)
-        kick = QueueKicks(vm_fd, engine, function, bar) if engine is not None and ioeventfd else None
-        if kick is not None:
-            kicks.insert(0, kick)             # closed before the disks they serve
-
-        def moved(index: int, old: int, new: int, function: VirtioPciDevice = function,
-                  kick: QueueKicks | None = kick) -> None:
-            """Follow the guest's BAR writes; a BAR placed over another device stays unmapped."""
-            mapped = mmio.move(function.bar, old, new, BAR_SIZE)
-            if kick is not None:
-                kick.place(new if mapped else None)
-
-        function.config.on_bar_moved = moved
-    return root
-
-
 def _signal_msi(vm_fd: VmFd, address: int, data: int) -> None:
     """Deliver an MSI with KVM_SIGNAL_MSI; one KVM refuses (a bad address) is dropped."""
     try:
         vm_fd.signal_msi(address, data)
     except KvmError:
         pass
-
-
-def _serve_later(engine: IoEngine, device: VirtioBlk, function: VirtioPciDevice, delay_ns: int) -> None:
-    """Run the device's queue again on the I/O thread once a rate limit's wait is over."""
-    def again() -> None:
-        device.retry()
-        function.notify(0)
-
-    engine.call_later(delay_ns, again)
 
 
 def _set_boot_registers(vcpu: VcpuFd, memory: GuestMemory, boot: BootPlan) -> None:

@@ -9,12 +9,13 @@ from vmkit.arch.x86.boot import MIN_MEMORY
 from vmkit.arch.x86.layout import CMDLINE_MAX
 from vmkit.arch.x86.mptable import MAX_CPUS
 from vmkit.devices.pci.root import MAX_DEVICES
+from vmkit.vmm.device_manager import VIRTIO_FACTORIES
 
 MAX_VCPUS = MAX_CPUS          # what the MP table and the MADT describe (APIC IDs 0..253)
 MIN_MEMORY_MIB = MIN_MEMORY >> 20
 MAX_MEMORY_MIB = 1 << 20      # 1 TiB
 MAX_PCI_DEVICES = MAX_DEVICES - 1   # slot 0 is the host bridge
-DEVICE_TYPES = ("virtio-rng",)
+DEVICE_TYPES = tuple(VIRTIO_FACTORIES)
 
 
 def _discard(data: bytes) -> None:

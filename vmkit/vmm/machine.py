@@ -9,6 +9,7 @@ from vmkit.devices.bus import Bus
 from vmkit.devices.legacy.serial import Serial16550
 from vmkit.kvm import Kvm, VmFd
 from vmkit.memory import GuestMemory
+from vmkit.vmm.device_manager import DeviceManager
 from vmkit.vmm.ending import Ending
 from vmkit.vmm.guest_profiler import GuestProfiler
 from vmkit.vmm.io_engine import IoEngine
@@ -33,7 +34,7 @@ class Machine:
 
     def __init__(self, kvm: Kvm, vm_fd: VmFd, memory: GuestMemory, buses: Buses,
                  runners: list[VcpuRunner], control: RunControl, boot: BootPlan, ending: Ending,
-                 devices: dict[str, object], console: Serial16550, io_engine: IoEngine | None = None,
+                 devices: DeviceManager, console: Serial16550, io_engine: IoEngine | None = None,
                  io_resources: list[Closable] | None = None, notes: list[str] | None = None) -> None:
         self.kvm = kvm
         self.vm_fd = vm_fd

@@ -19,7 +19,12 @@ MPTABLE_ADDR = 0xF0000      # MP floating pointer and configuration table, up to
 HIGH_MEMORY_START = 0x100000  # kernels load at 1 MiB
 KERNEL_LOAD_ADDR = 0x100000
 
+# Port I/O: the legacy devices' fixed ports (the ACPI power registers are in acpi.py, named by the FADT)
 COM1_PORT, COM1_IRQ = 0x3F8, 4   # the console UART, as on every PC; described in the ACPI DSDT
+I8042_PORT = 0x60                # 0x60 data, 0x64 command/status
+RTC_PORT = 0x70                  # 0x70 index, 0x71 data
+DEBUG_EXIT_PORT = 0xF4           # QEMU's isa-debug-exit
+DEBUGCON_PORT = 0xE9             # Bochs/QEMU debug console
 
 PCI_CONFIG_PORT = 0xCF8     # configuration mechanism #1: 0xCF8 address, 0xCFC data
 PCI_MMIO_BASE = 0xC0000000  # BARs of PCI devices, 64 KiB apart; the root's window ends below ECAM
