@@ -13,7 +13,7 @@ def test_pause_resume_and_illegal_transitions(machine_factory):
     machine.start()
     console.wait_for("READY")
     machine.pause()
-    assert machine.state is VmState.PAUSED and machine.control.parked == 2
+    assert machine.state is VmState.PAUSED and machine.lifecycle.parked == 2
     with pytest.raises(VmStateError, match="cannot start a VM that is paused"):
         machine.start()
     serial = machine.console

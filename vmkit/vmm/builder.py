@@ -36,7 +36,8 @@ from vmkit.vmm.ending import Ending
 from vmkit.vmm.io_engine import IoEngine
 from vmkit.vmm.machine import Buses, Closable, Machine
 from vmkit.vmm.msi_router import MsiRouter
-from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner
+from vmkit.vmm.state import Lifecycle
+from vmkit.vmm.vcpu_runner import VcpuRunner
 
 if TYPE_CHECKING:
     from vmkit.storage.disk import CacheMode, Disk
@@ -137,9 +138,9 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
             vcpu.set_msrs(msrs)
         _set_boot_registers(vcpus[0], memory, boot)
 
-        control = RunControl(config.vcpus)
-        runners = [VcpuRunner(v, pio, mmio, end_vm, control, complete_unemulated=on_pvm) for v in vcpus]
-        machine = Machine(kvm, vm_fd, memory, Buses(pio, mmio), runners, control, boot, ending, devices, serial,
+        lifecycle = Lifecycle(config.vcpus)
+        runners = [VcpuRunner(v, pio, mmio, end_vm, lifecycle, complete_unemulated=on_pvm) for v in vcpus]
+        machine = Machine(kvm, vm_fd, memory, Buses(pio, mmio), runners, lifecycle, boot, ending, devices, serial,
                           io_engine=engine, io_resources=resources, notes=notes)
         return machine
     except BaseException:

@@ -15,7 +15,7 @@ from vmkit.vmm.guest_profiler import GuestProfiler
 from vmkit.vmm.io_engine import IoEngine
 from vmkit.vmm.outcome import Outcome
 from vmkit.vmm.state import Command, Lifecycle, VmState, VmStateError
-from vmkit.vmm.vcpu_runner import RunControl, VcpuRunner, install_kick_handler
+from vmkit.vmm.vcpu_runner import VcpuRunner, install_kick_handler
 
 
 class Closable(Protocol):
@@ -33,7 +33,7 @@ class Machine:
     """A VM ready to run. Drive it with start/pause/resume/stop; wait() returns how it ended."""
 
     def __init__(self, kvm: Kvm, vm_fd: VmFd, memory: GuestMemory, buses: Buses,
-                 runners: list[VcpuRunner], control: RunControl, boot: BootPlan, ending: Ending,
+                 runners: list[VcpuRunner], lifecycle: Lifecycle, boot: BootPlan, ending: Ending,
                  devices: DeviceManager, console: Serial16550, io_engine: IoEngine | None = None,
                  io_resources: list[Closable] | None = None, notes: list[str] | None = None) -> None:
         self.kvm = kvm
@@ -41,14 +41,13 @@ class Machine:
         self.memory = memory
         self.buses = buses
         self.runners = runners
-        self.control = control
         self.boot = boot
         self.devices = devices
         self.console = console            # the UART behind the guest's console (host input goes here)
         self.io_engine = io_engine
         self.io_resources = io_resources or []
         self.notes = notes or []          # what a user should know about this machine (said once)
-        self.lifecycle = Lifecycle()
+        self.lifecycle = lifecycle
         self.ending = ending
         ending.on_end(self._stop_vcpus)
         self._closed = False
@@ -71,11 +70,11 @@ class Machine:
 
     def pause(self) -> None:
         self.lifecycle.apply(Command.PAUSE)
-        self.control.pause(self._kick_all)
+        self._kick_all()
+        self.lifecycle.wait_parked(timeout=5.0)
 
     def resume(self) -> None:
         self.lifecycle.apply(Command.RESUME)
-        self.control.resume()
 
     def stop(self, reason: Outcome) -> None:
         """Stop the VM from the host side (signal, console, API); the first ending reported wins."""
@@ -87,7 +86,6 @@ class Machine:
             self.lifecycle.apply(Command.STOP)
         except VmStateError:
             pass                                  # closed (stopped) already
-        self.control.stop()
         self._kick_all()
 
     def attach_profiler(self, profiler: GuestProfiler) -> None:
@@ -118,7 +116,6 @@ class Machine:
                 self.lifecycle.apply(Command.STOP)
             except VmStateError:
                 pass                              # the ending stopped it a moment ago
-        self.control.stop()
         for runner in self.runners:
             if runner.thread.is_alive():
                 for _ in range(50):

@@ -46,21 +46,54 @@ TRANSITIONS: dict[tuple[VmState, Command], VmState] = {
 
 
 class Lifecycle:
-    """Thread-safe holder of the current VmState."""
+    """The one owner of the VM's state: commands move it (TRANSITIONS, under a lock), and the vCPU
+    threads wait on it (parked while PAUSED, leaving once STOPPED)."""
 
-    def __init__(self) -> None:
+    def __init__(self, vcpus: int = 0) -> None:
         self._state = VmState.CREATED
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._parked: set[int] = set()
+        self._alive = vcpus
 
     @property
     def state(self) -> VmState:
         return self._state
 
+    @property
+    def parked(self) -> int:
+        """vCPU threads waiting while the VM is paused."""
+        return len(self._parked)
+
     def apply(self, command: Command) -> VmState:
-        """Move to the state `command` leads to, or raise VmStateError."""
-        with self._lock:
+        """Move to the state `command` leads to, or raise VmStateError; waiting vCPUs see it."""
+        with self._cond:
             target = TRANSITIONS.get((self._state, command))
             if target is None:
                 raise VmStateError(command, self._state)
             self._state = target
+            self._cond.notify_all()
             return target
+
+    # --- the vCPU threads' side ---------------------------------------------------------
+    def wait_runnable(self, index: int) -> bool:
+        """For vCPU `index`, before each entry: block while paused; False when it should leave."""
+        if self._state is VmState.RUNNING:
+            return True     # the common case, once per exit: no lock (the state changes before a kick)
+        with self._cond:
+            while self._state is VmState.PAUSED:
+                self._parked.add(index)
+                self._cond.notify_all()
+                self._cond.wait()
+            self._parked.discard(index)
+            return self._state is VmState.RUNNING
+
+    def wait_parked(self, timeout: float) -> None:
+        """After PAUSE (and a kick): wait until every live vCPU thread is parked, or stopped."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._parked) >= self._alive or self._state is VmState.STOPPED,
+                                timeout)
+
+    def runner_exited(self, index: int) -> None:
+        with self._cond:
+            self._alive -= 1
+            self._cond.notify_all()

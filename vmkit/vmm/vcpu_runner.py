@@ -16,6 +16,7 @@ from vmkit.kvm import exits as x
 from vmkit.kvm.errors import KvmError
 from vmkit.kvm.vcpu import VcpuFd
 from vmkit.vmm import outcome, unemulated
+from vmkit.vmm.state import Lifecycle
 
 if TYPE_CHECKING:
     from vmkit.devices.bus import Bus
@@ -38,14 +39,14 @@ class VcpuRunner:
         pio: Bus,
         mmio: Bus,
         end_vm: Callable[[outcome.Outcome], None],
-        control: RunControl,
+        lifecycle: Lifecycle,
         complete_unemulated: bool,
     ) -> None:
         self.vcpu = vcpu
         self.pio = pio
         self.mmio = mmio
         self.end_vm = end_vm
-        self.control = control
+        self.lifecycle = lifecycle
         self.complete_unemulated = complete_unemulated   # PVM hosts: see vmm/unemulated.py
         self.thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.index}", daemon=True)
         self.exit_count = 0
@@ -68,7 +69,7 @@ class VcpuRunner:
     # --- the loop ------------------------------------------------------------
     def _main(self) -> None:
         try:
-            while self.control.wait_runnable(self.vcpu.index):
+            while self.lifecycle.wait_runnable(self.vcpu.index):
                 self.exit_count += 1
                 if not self._dispatch(self.vcpu.run()):
                     return
@@ -77,7 +78,7 @@ class VcpuRunner:
         except Exception as exc:  # a VMM bug must end the VM, not hang it, and say it is a bug
             self.end_vm(outcome.internal(f"vCPU {self.vcpu.index}: {exc!r}", traceback.format_exc()))
         finally:
-            self.control.runner_exited(self.vcpu.index)
+            self.lifecycle.runner_exited(self.vcpu.index)
 
     def _dispatch(self, exit_: x.VcpuExit) -> bool:
         """Hand one exit to its handler (the common ones first); False leaves the loop."""
@@ -158,52 +159,3 @@ class VcpuRunner:
             f"(bytes: {shown}); on a PVM host some instructions are unsupported in guest ring 0"
         ))
         return False
-
-
-class RunControl:
-    """Shared run/pause/stop flags for a machine's vCPU runners."""
-
-    def __init__(self, count: int) -> None:
-        self._cond = threading.Condition()
-        self._paused = False
-        self._stopping = False
-        self._parked: set[int] = set()
-        self._alive = count
-
-    def wait_runnable(self, index: int) -> bool:
-        """Block while paused; False when the runner should leave."""
-        if not self._paused and not self._stopping:
-            return True  # the common case, once per exit: no lock (flags change before a kick)
-        with self._cond:
-            while self._paused and not self._stopping:
-                self._parked.add(index)
-                self._cond.notify_all()
-                self._cond.wait()
-            self._parked.discard(index)
-            return not self._stopping
-
-    def pause(self, kick_all: Callable[[], None], timeout: float = 5.0) -> None:
-        with self._cond:
-            self._paused = True
-        kick_all()
-        with self._cond:
-            self._cond.wait_for(lambda: len(self._parked) >= self._alive or self._stopping, timeout)
-
-    def resume(self) -> None:
-        with self._cond:
-            self._paused = False
-            self._cond.notify_all()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-
-    def runner_exited(self, index: int) -> None:
-        with self._cond:
-            self._alive -= 1
-            self._cond.notify_all()
-
-    @property
-    def parked(self) -> int:
-        return len(self._parked)
