@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,25 @@ def qemu_command(image: str, *, cpus: int = 1, memory_mib: int = 64) -> list[str
         "-m", str(memory_mib), "-smp", str(cpus), "-nodefaults", "-no-user-config", "-nographic",
         "-serial", "stdio", "-kernel", image, "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
     ]
+
+
+def qemu_pcie_command(image: str, *, cpus: int = 1, memory_mib: int = 64) -> list[str]:
+    """qemu_command with a PCIe root on the microvm (pcie=on), for PCI devices; the guest then
+    needs QEMU_PCI_ECAM_CMDLINE on its command line (microvm describes its ECAM only in AML)."""
+    command = qemu_command(image, cpus=cpus, memory_mib=memory_mib)
+    machine = command.index("-M") + 1
+    command[machine] += ",pcie=on"
+    return command
+
+
+QEMU_PCI_ECAM_CMDLINE = "pci_ecam=0xe0000000"
+
+
+def qemu_disk_args(index: int, path: str, fmt: str = "raw") -> list[str]:
+    """A disk image as a modern virtio-blk-pci device, as tests/conftest.py gives QEMU its disks
+    (cache=writeback, discard=unmap), with its format named."""
+    drive = f"file={path.replace(',', ',,')},if=none,id=d{index},format={fmt},cache=writeback,discard=unmap"
+    return ["-drive", drive, "-device", f"virtio-blk-pci,drive=d{index},disable-legacy=on"]
 
 
 BENCH_VENV = Path(__file__).resolve().parent / ".venv"
@@ -83,3 +103,52 @@ def table(rows: list[tuple[str, ...]], header: tuple[str, ...] = ("measure", "vm
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def load_average() -> float:
+    """The host's 1-minute load average."""
+    return os.getloadavg()[0]
+
+
+def others_running(seconds: float = 5, interval: float = 0.1) -> float:
+    """The mean number of runnable threads outside this process over `seconds`: the load that
+    others put on the host now, without the load average's minute-long memory (which would still
+    count the benchmark's own last runs)."""
+    me, counts = str(os.getpid()), []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        running = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or pid == me:
+                continue
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                        stat = f.read()
+                    running += stat[stat.rindex(")") + 2] == "R"
+            except (FileNotFoundError, ProcessLookupError):
+                continue                                  # gone meanwhile
+        counts.append(running)
+        time.sleep(interval)
+    return sum(counts) / len(counts) if counts else 0.0
+
+
+def wait_for_quiet(max_load: float = 1.5, poll_s: float = 30, limit_s: float = 600,
+                   load: Callable[[], float] = load_average) -> float:
+    """Wait (polling every `poll_s`, at most `limit_s`) until `load()` (default: the 1-minute load
+    average) is at most `max_load`; return the last reading, whether or not it got there."""
+    deadline = time.monotonic() + limit_s
+    now = load()
+    while now > max_load and time.monotonic() < deadline:
+        print(f"  load {now:.2f} > {max_load}: waiting", file=sys.stderr, flush=True)
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
+        now = load()
+    return now
+
+
+def source_revision() -> str:
+    """The commit the working tree is at, and whether vmkit/ differs from it (what was measured)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (" with uncommitted changes in vmkit/" if git("status", "--porcelain", "vmkit") else "")
