@@ -114,3 +114,18 @@ def test_bad_rate_limits_are_refused(vmkit, tmp_path, value, message):
     (tmp_path / "disk.raw").write_bytes(bytes(1 << 20))
     done = vmkit("run", "--disk", f"{tmp_path / 'disk.raw'},{value}")
     assert done.returncode == 125 and message in done.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["create", "{tmp}/a.raw", "100"], "'100' must be a positive multiple of 512 bytes"),
+    (["create", "{tmp}/a.raw", "lots"], "'lots' is not a size"),
+    (["create", "{tmp}/a.raw"], "give a SIZE"),
+    (["create", "{tmp}/a.raw", "1M", "--format", "raw", "--backing", "{tmp}/b.raw"], "only qcow2 images can have a backing"),
+    (["create", "{tmp}/a.qcow2", "--backing", "{tmp}/missing.raw"], "missing.raw"),
+    (["create", "{tmp}/no/such/dir/a.raw", "1M"], "a.raw"),
+    (["info", "{tmp}/missing.raw"], "does not exist"),
+])
+def test_bad_disk_commands_are_one_line(vmkit, tmp_path, args, message):
+    done = vmkit("disk", *(arg.format(tmp=tmp_path) for arg in args))
+    assert done.returncode == 125, done.stderr
+    assert message in done.stderr and len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
