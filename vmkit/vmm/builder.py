@@ -95,9 +95,10 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
 
         pio, mmio = Bus("pio"), Bus("mmio")
         signal_msi: Callable[[int, int], None] = partial(_signal_msi, vm_fd)
+        ioeventfd = kvm.check_extension(CAP_IOEVENTFD) > 0
         if config.devices or disks:
             engine = IoEngine(lambda message, trace: end_vm(outcome.internal(message, trace)))
-            if not kvm.check_extension(CAP_IOEVENTFD):
+            if not ioeventfd:
                 notes.append("vmkit: this host's KVM has no ioeventfd, so virtio queue kicks exit to vmkit (slower)")
             if kvm.check_extension(CAP_IRQFD) and kvm.check_extension(CAP_IRQ_ROUTING):
                 router = MsiRouter(vm_fd)
@@ -105,8 +106,7 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
                 signal_msi = router.signal
             else:
                 notes.append("vmkit: this host's KVM has no irqfd or MSI routing: interrupts go by KVM_SIGNAL_MSI")
-        devices = DeviceManager(memory, vm_fd, pio, mmio, engine, kvm.check_extension(CAP_IOEVENTFD) > 0,
-                                signal_msi)
+        devices = DeviceManager(memory, vm_fd, pio, mmio, engine, ioeventfd, signal_msi)
         resources.insert(0, devices)               # its kicks close before the disks they serve
         serial = Serial16550(config.console_output, lambda level: vm_fd.set_irq_line(layout.COM1_IRQ, level))
         devices.add_legacy("serial0", serial, layout.COM1_PORT, 8)

@@ -31,10 +31,16 @@ class QueueKicks:
         self.registered_at: int | None = None
         self.place(bar_address)
 
-    def _set(self, bar_address: int, assign: bool) -> None:
+    def _set(self, bar_address: int, assign: bool, *, tolerant: bool = False) -> None:
+        """(De)register every queue's ioeventfd; `tolerant` goes on past the ones KVM refuses (undoing
+        a registration that failed half-way, some of whose parts were never made)."""
         for index, fd in enumerate(self.fds):
-            self._vm_fd.set_ioeventfd(fd, bar_address + NOTIFY + NOTIFY_MULTIPLIER * index, NOTIFY_WIDTH,
-                                      assign=assign)
+            try:
+                self._vm_fd.set_ioeventfd(fd, bar_address + NOTIFY + NOTIFY_MULTIPLIER * index, NOTIFY_WIDTH,
+                                          assign=assign)
+            except KvmError:
+                if not tolerant:
+                    raise
 
     def place(self, bar_address: int | None) -> None:
         """Register at `bar_address` (None: the BAR is not mapped), after removing the old place.
@@ -47,17 +53,9 @@ class QueueKicks:
         try:
             self._set(bar_address, assign=True)
         except KvmError:
-            self._set_partial_cleanup(bar_address)
+            self._set(bar_address, assign=False, tolerant=True)
             return
         self.registered_at = bar_address
-
-    def _set_partial_cleanup(self, bar_address: int) -> None:
-        for index, fd in enumerate(self.fds):
-            try:
-                self._vm_fd.set_ioeventfd(fd, bar_address + NOTIFY + NOTIFY_MULTIPLIER * index,
-                                          NOTIFY_WIDTH, assign=False)
-            except KvmError:
-                pass
 
     def close(self) -> None:
         """Stop serving and close the eventfds (the VM fd's registrations die with it)."""
