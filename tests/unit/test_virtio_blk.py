@@ -144,8 +144,20 @@ def test_a_request_over_the_rate_limit_waits_in_the_queue(rig):
     now = [0]
     disk = device().disk
     blk = VirtioBlk(disk, serial="s", limiter=RateLimiter.per_second(iops=2, clock=lambda: now[0]))
-    waits = []
-    blk.retry_after = waits.append
+    waits: list[int] = []
+    retries: list = []
+    served_again: list[int] = []
+
+    class Host:
+        def watch(self, fd, handler): raise AssertionError("blk watches no fd")
+        def unwatch(self, fd): raise AssertionError("blk watches no fd")
+        def call_later(self, delay_ns, handler):
+            waits.append(delay_ns)
+            retries.append(handler)
+        def serve(self, queue_index):
+            served_again.append(queue_index)
+
+    blk.attach(Host())
     for _ in range(2):                                   # the bucket starts full: 2 requests pass
         assert submit(memory, queue, blk, [request(memory, FLUSH, 0), (STATUS, 1, True)]) == (OK, 1)
     served = queue.next_used
@@ -154,5 +166,6 @@ def test_a_request_over_the_rate_limit_waits_in_the_queue(rig):
     assert queue.last_avail == served                    # the request is still offered
     assert blk.process(queue, memory) is False and len(waits) == 1   # no second timer while one waits
     now[0] = 500_000_000
-    blk.retry()
+    retries[0]()                                         # the timer fires: the queue is served again
+    assert served_again == [0]
     assert blk.process(queue, memory) is True and queue.next_used == served + 1

@@ -658,6 +658,9 @@ class TwoQueues:
     def reset(self):
         self.resets += 1
 
+    def attach(self, host):
+        pass
+
 
 @pytest.fixture
 def two():

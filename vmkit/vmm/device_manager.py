@@ -21,7 +21,6 @@ from vmkit.memory import GuestMemory
 from vmkit.vmm.io_engine import IoEngine
 
 if TYPE_CHECKING:
-    from vmkit.devices.virtio.blk import VirtioBlk
     from vmkit.devices.virtio.pci_transport import VirtioDevice, VirtioPciDevice
     from vmkit.vmm.queue_kicks import QueueKicks
 
@@ -71,9 +70,8 @@ class DeviceManager:
         self._mmio.insert(function.bar, bar, BAR_SIZE)
         kicks = QueueKicks(self._vm_fd, self._engine, function, bar) if self._engine is not None else None
         function.config.on_bar_moved = partial(self._bar_moved, function, kicks, BAR_SIZE)
-        from vmkit.devices.virtio.blk import VirtioBlk
-        if isinstance(backend, VirtioBlk) and self._timers is not None:   # its rate limit waits here
-            backend.retry_after = partial(self._serve_later, function, backend)
+        if self._timers is not None:
+            backend.attach(_FunctionHost(self._timers, function))
         self.virtio.append(VirtioSlot(slot, function, kicks))
         return function
 
@@ -84,18 +82,27 @@ class DeviceManager:
         if kicks is not None:
             kicks.place(new if mapped else None)
 
-    def _serve_later(self, function: VirtioPciDevice, device: VirtioBlk, delay_ns: int) -> None:
-        """Serve the function's queue again on the I/O thread once a rate limit's wait is over."""
-        assert self._timers is not None
-
-        def again() -> None:
-            device.retry()
-            function.notify(0)
-
-        self._timers.call_later(delay_ns, again)
-
     def close(self) -> None:
         """Stop serving queue kicks (after the I/O thread stopped)."""
         for entry in self.virtio:
             if entry.kicks is not None:
                 entry.kicks.close()
+
+
+class _FunctionHost:
+    """A device's DeviceHost: the machine's I/O engine, and its own function's queues."""
+
+    def __init__(self, engine: IoEngine, function: VirtioPciDevice) -> None:
+        self._engine, self._function = engine, function
+
+    def watch(self, fd: int, handler: Callable[[], None]) -> None:
+        self._engine.add(fd, handler, eventfd=False)
+
+    def unwatch(self, fd: int) -> None:
+        self._engine.remove(fd)
+
+    def call_later(self, delay_ns: int, handler: Callable[[], None]) -> None:
+        self._engine.call_later(delay_ns, handler)
+
+    def serve(self, queue_index: int) -> None:
+        self._function.notify(queue_index)

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
 
 from vmkit.devices.rate_limiter import RateLimiter
-from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
+from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1, DeviceHost
 from vmkit.devices.virtio.queue import Buffer, DescriptorChain, Virtqueue, VirtqueueError
 from vmkit.memory import GuestMemory
 from vmkit.storage.disk import Disk
@@ -64,8 +63,7 @@ class VirtioBlk:
         self.disk = disk
         self.label = label
         self.limiter = limiter if limiter is not None and limiter.enabled else None
-        # Set by whoever runs the device: serve the queue again after that many ns (a rate limit).
-        self.retry_after: Callable[[int], None] | None = None
+        self._host: DeviceHost | None = None
         self._retry_armed = False
         self.serial = (serial or disk_serial(disk.path)).encode()[:ID_BYTES]
         self.features = VIRTIO_F_VERSION_1 | F_SEG_MAX | F_BLK_SIZE | F_FLUSH
@@ -84,6 +82,9 @@ class VirtioBlk:
     def reset(self) -> None:
         pass
 
+    def attach(self, host: DeviceHost) -> None:
+        self._host = host                        # a rate limit's wait runs on its timers
+
     def process(self, queue: Virtqueue, memory: GuestMemory) -> bool:
         """Serve the available requests; with a rate limit, stop at the first the budget does not
         cover (it stays in the queue) and ask to be run again when it will."""
@@ -95,17 +96,19 @@ class VirtioBlk:
                 wait_ns = self.limiter.consume(self._data_bytes(chain, memory))
                 if wait_ns:
                     queue.put_back()
-                    if self.retry_after is not None:
+                    if self._host is not None:
                         self._retry_armed = True
-                        self.retry_after(wait_ns)
+                        self._host.call_later(wait_ns, self._retry)
                     break
             queue.push_used(memory, chain.head, self._serve(chain, memory))
             served = True
         return served
 
-    def retry(self) -> None:
-        """The rate limit's wait is over: the next process() serves the queue again."""
+    def _retry(self) -> None:
+        """The rate limit's wait is over: serve the queue again."""
         self._retry_armed = False
+        if self._host is not None:
+            self._host.serve(0)
 
     def _data_bytes(self, chain: DescriptorChain, memory: GuestMemory) -> int:
         """The data a request moves (the bandwidth it costs): IN and OUT data; 0 for the others."""
