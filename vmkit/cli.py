@@ -190,6 +190,9 @@ def build_parser() -> Parser:
                           "options: ro, format=raw|qcow2 (probed by default), cache=writeback (default)|none|"
                           "unsafe, serial=TEXT (default: from the file's device and inode), iops=N and bps=N "
                           "(rate limits: token buckets of N refilled each second)")
+    from vmkit.vmm.links import LINK_OPTIONS
+    for link in LINK_OPTIONS:
+        run.add_argument(link.option, action="append", default=[], metavar=link.metavar, help=link.help)
     run.add_argument("--no-pvm-workarounds", action="store_true",
                      help="on PVM hosts, do not add the Linux command-line switches (clearcpuid=...) and do "
                           "not hide KVM's hypercall-based paravirtual features from the guest")
@@ -503,6 +506,7 @@ def resolve_run(args: argparse.Namespace, notice: Callable[[str], None]) -> RunP
     from vmkit.vmm.config import MAX_VCPUS, ConfigError, DiskSpec, VmConfig, check_cmdline
     from vmkit.vmm.console import ConsoleOutput
     from vmkit.vmm.host_files import check_output_file, read_input_file
+    from vmkit.vmm.links import LINK_OPTIONS, parse_links
 
     try:
         command = args.guest_command[1:] if args.guest_command[:1] == ["--"] else args.guest_command
@@ -524,7 +528,9 @@ def resolve_run(args: argparse.Namespace, notice: Callable[[str], None]) -> RunP
         config = VmConfig(kernel=kernel, kernel_name=kernel_name, cmdline=cmdline, initrd=initrd,
                           vcpus=args.cpus, memory_mib=args.memory, protocol=args.boot_protocol,
                           pvm_workarounds=not args.no_pvm_workarounds, devices=tuple(args.device),
-                          disks=tuple(DiskSpec.parse(text) for text in args.disk))
+                          disks=tuple(DiskSpec.parse(text) for text in args.disk),
+                          links=parse_links({e.option: getattr(args, e.option[2:].replace("-", "_"))
+                                             for e in LINK_OPTIONS}))
         config.validate(host_max_vcpus=MAX_VCPUS)     # the host's own limit: checked by the builder
         detect_kind(kernel)                           # not a kernel: say so before anything is built
         output = ConsoleOutput.for_target(args.console,

@@ -126,6 +126,13 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
             for index, (disk, spec) in enumerate(zip(disks, config.disks, strict=True)):
                 devices.add_virtio(VirtioBlk(disk, spec.serial, label=f"virtio-blk{index}",
                                              limiter=RateLimiter.per_second(bps=spec.bps, iops=spec.iops)))
+        for link in config.links:
+            try:
+                device = link.open()
+            except OSError as exc:
+                raise ConfigError(f"{link}: {exc.strerror or exc}") from None
+            resources.append(device)
+            devices.add_virtio(device)
 
         # 5. vCPUs
         supported_cpuid = kvm.supported_cpuid()

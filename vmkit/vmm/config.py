@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from vmkit.arch.x86.boot import MIN_MEMORY
 from vmkit.arch.x86.layout import CMDLINE_MAX
 from vmkit.arch.x86.mptable import MAX_CPUS
 from vmkit.devices.pci.root import MAX_DEVICES
 from vmkit.vmm.device_manager import VIRTIO_FACTORIES
+
+if TYPE_CHECKING:
+    from vmkit.vmm.links import LinkSpec
 
 MAX_VCPUS = MAX_CPUS          # what the MP table and the MADT describe (APIC IDs 0..253)
 MIN_MEMORY_MIB = MIN_MEMORY >> 20
@@ -87,6 +90,7 @@ class VmConfig(NamedTuple):
     console_output: Callable[[bytes], None] = _discard
     devices: tuple[str, ...] = ()
     disks: tuple[DiskSpec, ...] = ()
+    links: tuple[LinkSpec, ...] = ()         # network, vsock, shared folders (vmm/links.py)
 
     def validate(self, host_max_vcpus: int) -> None:
         """Raise ConfigError naming the first setting this machine cannot have."""
@@ -101,9 +105,10 @@ class VmConfig(NamedTuple):
         if self.initrd is not None and not self.initrd:
             raise ConfigError("initrd: it is empty")
         check_cmdline(self.cmdline)
-        if len(self.devices) + len(self.disks) > MAX_PCI_DEVICES:
-            raise ConfigError(f"device: {len(self.devices) + len(self.disks)} PCI devices asked for (disks "
-                              f"included); PCI bus 0 has room for {MAX_PCI_DEVICES} besides its host bridge")
+        pci_devices = len(self.devices) + len(self.disks) + len(self.links)
+        if pci_devices > MAX_PCI_DEVICES:
+            raise ConfigError(f"device: {pci_devices} PCI devices asked for (disks and links included); "
+                              f"PCI bus 0 has room for {MAX_PCI_DEVICES} besides its host bridge")
         for name in self.devices:
             if name not in DEVICE_TYPES:
                 raise ConfigError(f"device: {name!r} is not a device vmkit has; there are: {', '.join(DEVICE_TYPES)}")

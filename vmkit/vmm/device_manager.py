@@ -21,7 +21,8 @@ from vmkit.memory import GuestMemory
 from vmkit.vmm.io_engine import IoEngine
 
 if TYPE_CHECKING:
-    from vmkit.devices.virtio.pci_transport import VirtioDevice, VirtioPciDevice
+    from vmkit.devices.virtio.device import VirtioDevice
+    from vmkit.devices.virtio.pci_transport import VirtioPciDevice
     from vmkit.vmm.queue_kicks import QueueKicks
 
 

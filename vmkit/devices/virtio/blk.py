@@ -18,7 +18,8 @@ import os
 import struct
 
 from vmkit.devices.rate_limiter import RateLimiter
-from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1, DeviceHost
+from vmkit.devices.virtio.device import DeviceHost
+from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
 from vmkit.devices.virtio.queue import Buffer, DescriptorChain, Virtqueue, VirtqueueError
 from vmkit.memory import GuestMemory
 from vmkit.storage.disk import Disk

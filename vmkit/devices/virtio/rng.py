@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1, DeviceHost
+from vmkit.devices.virtio.device import DeviceHost
+from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
 from vmkit.devices.virtio.queue import Virtqueue
 from vmkit.memory import GuestMemory
 
