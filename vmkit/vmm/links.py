@@ -42,7 +42,9 @@ class LinkOption(NamedTuple):
 
 
 # One line per kind of link; the CLI offers each option, in this order.
-LINK_OPTIONS: tuple[LinkOption, ...] = ()
+LINK_OPTIONS: tuple[LinkOption, ...] = (
+    LinkOption("--net", "tap=NAME[,mac=MAC] | user[,hostfwd=tcp:H:G]", "a virtio-net NIC on the host tap NAME, or user-mode networking through passt; also mac=, mtu=, rx_bps=, tx_bps=, rx_pps=, tx_pps=", "vmkit.vmm.net_option"),
+)
 
 
 def parser_of(entry: LinkOption) -> Callable[[str, int], LinkSpec]:
