@@ -60,6 +60,8 @@ class GuestMemory:
         self.regions = sorted(regions, key=lambda r: int(r.start))
         self.memfd = memfd
         self._views = [memoryview(r.mapping) for r in self.regions]
+        # (start, end, whole view) per region as plain ints: the hot path of every device access
+        self._spans = tuple((int(r.start), r.end, view) for r, view in zip(self.regions, self._views))
 
     @classmethod
     def create(cls, size: int, name: str = "vmkit-guest-ram") -> GuestMemory:
@@ -98,16 +100,18 @@ class GuestMemory:
         raise GuestMemoryError(address, length)
 
     def contains(self, address: int, length: int = 1) -> bool:
-        try:
-            self._locate(address, length)
-        except GuestMemoryError:
-            return False
-        return True
+        for start, end, _ in self._spans:
+            if start <= address < end:
+                return 0 <= length <= end - address
+        return False
 
     def view(self, address: int, length: int) -> memoryview:
         """A writable memoryview of guest RAM (zero-copy); bounds-checked."""
-        i, offset = self._locate(address, length)
-        return self._views[i][offset : offset + length]
+        for start, end, whole in self._spans:
+            if start <= address < end and 0 <= length <= end - address:
+                return whole[address - start : address - start + length]
+        self._locate(address, length)           # raises the error that says what is wrong
+        raise AssertionError("unreachable: _locate accepted what view refused")
 
     def read(self, address: int, length: int) -> bytes:
         return bytes(self.view(address, length))
@@ -125,6 +129,7 @@ class GuestMemory:
         for view in self._views:
             view.release()
         self._views = []
+        self._spans = ()
         for region in self.regions:
             try:
                 region.mapping.close()

@@ -141,6 +141,8 @@ class HostFile:
             except OSError as exc:
                 raise DiskIOError(f"{self.path}: read of {want} bytes at offset {offset} failed: "
                                   f"{exc.strerror}", exc.errno) from None
+            if got == want and len(pending) <= IOV_MAX:
+                return                                     # the usual case: all of it at once
             if got == 0 or (self.direct and got < want):   # end of file (O_DIRECT stops at it)
                 fill_zeros(_advance(pending, got))
                 return
@@ -166,6 +168,8 @@ class HostFile:
             if done == 0:
                 raise DiskIOError(f"{self.path}: write of {want} bytes at offset {offset} wrote nothing",
                                   errno.EIO)
+            if done == want and len(pending) <= IOV_MAX:
+                return
             offset += done
             pending = _advance(pending, done)
 

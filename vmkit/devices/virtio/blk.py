@@ -133,9 +133,17 @@ class VirtioBlk:
                                  f"not {HEADER.size}")
         status_buffer = chain.writable[-1]
         status_at = status_buffer.address + status_buffer.length - 1
-        request_type, _, sector = HEADER.unpack(_gather(memory, chain.readable, HEADER.size))
-        readable = _skip(chain.readable, HEADER.size)
-        writable = [*chain.writable[:-1], Buffer(status_buffer.address, status_buffer.length - 1)]
+        first = chain.readable[0]
+        if first.length == HEADER.size:            # the usual shape: the header in a buffer of its own
+            request_type, _, sector = HEADER.unpack_from(memory.view(first.address, HEADER.size))
+            readable = chain.readable[1:]
+        else:
+            request_type, _, sector = HEADER.unpack(_gather(memory, chain.readable, HEADER.size))
+            readable = _skip(chain.readable, HEADER.size)
+        if status_buffer.length == 1:              # and the status byte in one of its own
+            writable = chain.writable[:-1]
+        else:
+            writable = [*chain.writable[:-1], Buffer(status_buffer.address, status_buffer.length - 1)]
         writable = [b for b in writable if b.length]
         status, written = S_OK, 0
         try:
@@ -153,7 +161,7 @@ class VirtioBlk:
                 status = S_UNSUPP
         except (_RequestRefused, DiskRequestError, DiskIOError):
             status, written = S_IOERR, 0
-        memory.write(status_at, bytes([status]))
+        memory.view(status_at, 1)[0] = status
         return written + 1
 
     def _range(self, sector: int, length: int) -> int:

@@ -16,6 +16,9 @@ from vmkit.memory import GuestMemory, GuestMemoryError
 
 MAX_QUEUE_SIZE = 256
 DESC_SIZE = 16
+DESCRIPTOR = struct.Struct("<QIHH")      # address, length, flags, next
+USED_ELEMENT = struct.Struct("<II")      # id, len
+U16 = struct.Struct("<H")
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
 VIRTQ_DESC_F_INDIRECT = 4
@@ -39,6 +42,22 @@ class DescriptorChain(NamedTuple):
     writable: list[Buffer]
 
 
+class _Rings(NamedTuple):
+    """Views of one queue's three rings in guest memory, for the layout in `key`.
+
+    The rings' flags and index words are also seen as 16-bit items (`avail_words`, `used_words`),
+    so each index is read and written with one 16-bit access: the driver reads and writes them while
+    the device does, and a byte-wise access (struct's "<H") could let it see half an update.
+    """
+
+    key: tuple[object, ...]
+    desc: memoryview
+    avail: memoryview
+    used: memoryview
+    avail_words: memoryview        # [flags, idx]
+    used_words: memoryview         # [flags, idx]
+
+
 class Virtqueue:
     """Driver-side addresses and device-side indices of one queue."""
 
@@ -55,6 +74,19 @@ class Virtqueue:
         self.msix_vector = 0xFFFF
         self.last_avail = 0
         self.next_used = 0
+        self._rings: _Rings | None = None
+
+    def _ring_views(self, memory: GuestMemory) -> _Rings:
+        """The rings as views of guest memory, made again whenever the layout (or memory) changed."""
+        key = (memory, self.size, self.desc_table, self.avail_ring, self.used_ring)
+        rings = self._rings
+        if rings is None or rings.key != key:
+            size = self.size
+            avail, used = memory.view(self.avail_ring, 6 + 2 * size), memory.view(self.used_ring, 6 + 8 * size)
+            rings = _Rings(key, memory.view(self.desc_table, DESC_SIZE * size), avail, used,
+                           avail[:4].cast("H"), used[:4].cast("H"))
+            self._rings = rings
+        return rings
 
     def validate_layout(self, memory: GuestMemory) -> None:
         """Check size and ring placement when the driver enables the queue."""
@@ -74,29 +106,29 @@ class Virtqueue:
     def pop(self, memory: GuestMemory) -> DescriptorChain | None:
         """The next available chain, or None when the driver has offered nothing new."""
         try:
-            avail_idx = struct.unpack("<H", memory.read(self.avail_ring + 2, 2))[0]
+            rings = self._ring_views(memory)
+            avail_idx = rings.avail_words[1]
             pending = (avail_idx - self.last_avail) & 0xFFFF
             if pending == 0:
                 return None
             if pending > self.size:
                 raise VirtqueueError(f"available index moved by {pending}, more than the queue size {self.size}")
-            slot = self.avail_ring + 4 + 2 * (self.last_avail % self.size)
-            head = struct.unpack("<H", memory.read(slot, 2))[0]
-            chain = self._walk(memory, head)
+            head = U16.unpack_from(rings.avail, 4 + 2 * (self.last_avail % self.size))[0]
+            chain = self._walk(memory, rings.desc, head)
         except GuestMemoryError as exc:
             raise VirtqueueError(str(exc)) from None
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         return chain
 
-    def _walk(self, memory: GuestMemory, head: int) -> DescriptorChain:
+    def _walk(self, memory: GuestMemory, table: memoryview, head: int) -> DescriptorChain:
         readable: list[Buffer] = []
         writable: list[Buffer] = []
         index = head
-        for _ in range(self.size):                  # a chain longer than the queue is a loop
-            if index >= self.size:
-                raise VirtqueueError(f"descriptor index {index} is outside the queue (size {self.size})")
-            address, length, flags, next_index = struct.unpack(
-                "<QIHH", memory.read(self.desc_table + DESC_SIZE * index, DESC_SIZE))
+        size = self.size
+        for _ in range(size):                       # a chain longer than the queue is a loop
+            if index >= size:
+                raise VirtqueueError(f"descriptor index {index} is outside the queue (size {size})")
+            address, length, flags, next_index = DESCRIPTOR.unpack_from(table, DESC_SIZE * index)
             if flags & VIRTQ_DESC_F_INDIRECT:
                 raise VirtqueueError(f"descriptor {index} is indirect, which was not negotiated")
             if not memory.contains(address, length):
@@ -120,11 +152,11 @@ class Virtqueue:
 
     def push_used(self, memory: GuestMemory, head: int, written: int) -> None:
         """Return a chain to the driver, saying how many bytes the device wrote."""
-        slot = self.used_ring + 4 + 8 * (self.next_used % self.size)
-        memory.write(slot, struct.pack("<II", head, written))
+        rings = self._ring_views(memory)
+        USED_ELEMENT.pack_into(rings.used, 4 + 8 * (self.next_used % self.size), head, written)
         self.next_used = (self.next_used + 1) & 0xFFFF
-        memory.write(self.used_ring + 2, struct.pack("<H", self.next_used))   # index after the element
+        rings.used_words[1] = self.next_used                # the index, after the element, in one store
 
     def interrupt_suppressed(self, memory: GuestMemory) -> bool:
-        flags = struct.unpack("<H", memory.read(self.avail_ring, 2))[0]
+        flags = self._ring_views(memory).avail_words[0]
         return bool(flags & VIRTQ_AVAIL_F_NO_INTERRUPT)
