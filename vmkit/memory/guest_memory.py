@@ -61,7 +61,7 @@ class GuestMemory:
         self.memfd = memfd
         self._views = [memoryview(r.mapping) for r in self.regions]
         # (start, end, whole view) per region as plain ints: the hot path of every device access
-        self._spans = tuple((int(r.start), r.end, view) for r, view in zip(self.regions, self._views))
+        self._spans = tuple((int(r.start), r.end, view) for r, view in zip(self.regions, self._views, strict=True))
 
     @classmethod
     def create(cls, size: int, name: str = "vmkit-guest-ram") -> GuestMemory:
