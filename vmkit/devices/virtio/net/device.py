@@ -148,7 +148,7 @@ class VirtioNet:
     def save(self) -> NetState:
         return NetState(self.mac, self.mtu, self.status, self.negotiated)
 
-    def restore(self, state: NetState) -> None:
+    def restore(self, state: object) -> None:
         """Take a saved state after checking every field as untrusted (NetStateError)."""
         if not isinstance(state, NetState):
             raise NetStateError(f"state: expected a NetState, got {type(state).__name__}")
