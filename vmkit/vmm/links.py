@@ -43,6 +43,9 @@ class LinkOption(NamedTuple):
 
 # One line per kind of link; the CLI offers each option, in this order.
 LINK_OPTIONS: tuple[LinkOption, ...] = (
+    LinkOption("--vsock", "PATH[,cid=N]", "a virtio-vsock device; host programs reach the guest through "
+               "the Unix socket PATH (CONNECT <port>), the guest reaches PATH_<port> (cid: 3 by default)",
+               "vmkit.vmm.vsock_option"),
     LinkOption("--net", "tap=NAME[,mac=MAC] | user[,hostfwd=tcp:H:G]", "a virtio-net NIC on the host tap NAME, or user-mode networking through passt; also mac=, mtu=, rx_bps=, tx_bps=, rx_pps=, tx_pps=", "vmkit.vmm.net_option"),
 )
 

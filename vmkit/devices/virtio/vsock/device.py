@@ -1,0 +1,113 @@
+"""The virtio-vsock device (type 19; virtio 1.2, 5.10): three queues and a guest CID.
+
+The transport hands process() a queue, not its index, so the three queues have maximum sizes of
+their own and are told apart by them: rx RX_QUEUE_SIZE, tx TX_QUEUE_SIZE, event EVENT_QUEUE_SIZE.
+
+- tx: each chain is one packet, a 44-byte header then `len` payload bytes, all device-readable. A
+  chain with fewer than 44 device-readable bytes cannot be a packet: VirtqueueError (the transport
+  sets DEVICE_NEEDS_RESET). A header whose `len` runs past the chain is dropped and its stream
+  reset; wrong CIDs are dropped; other ops and types are the muxer's to judge (RST or dropped).
+- rx: the device fills a chain's device-writable buffers with a header and payload (one packet per
+  chain) whenever the muxer has something for the guest; a chain with fewer than 44 such bytes
+  raises VirtqueueError.
+- event: buffers are kept; vmkit sends no events.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from vmkit.devices.virtio.device import DeviceHost
+from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
+from vmkit.devices.virtio.queue import Buffer, Virtqueue, VirtqueueError
+from vmkit.devices.virtio.vsock.muxer import Muxer
+from vmkit.devices.virtio.vsock.packet import HEADER_SIZE, Header, Op
+from vmkit.memory import GuestMemory
+from vmkit.storage.disk import gather, scatter, slice_views
+
+DEVICE_TYPE = 19
+RX_QUEUE_SIZE, TX_QUEUE_SIZE, EVENT_QUEUE_SIZE = 256, 128, 16
+RX, TX, EVENT = 0, 1, 2
+
+
+class VirtioVsock:
+    """The device side of a VM's vsock; the streams live in its Muxer."""
+
+    device_type = DEVICE_TYPE
+    features = VIRTIO_F_VERSION_1
+    queue_sizes: tuple[int, ...] = (RX_QUEUE_SIZE, TX_QUEUE_SIZE, EVENT_QUEUE_SIZE)
+
+    def __init__(self, muxer: Muxer, label: str = "virtio-vsock") -> None:
+        self.muxer = muxer
+        self.guest_cid = muxer.guest_cid
+        self.label = label
+        self._host: DeviceHost | None = None
+
+    def config(self) -> bytes:
+        return struct.pack("<Q", self.guest_cid)
+
+    def attach(self, host: DeviceHost) -> None:
+        self._host = host
+        self.muxer.attach(host, self._wake_rx)
+
+    def reset(self) -> None:
+        """Called on the thread that reset the function: the streams end on the I/O thread."""
+        self.muxer.reset_requested = True
+
+    def close(self) -> None:
+        self.muxer.close()
+
+    def _wake_rx(self) -> None:
+        if self._host is not None and self.muxer.has_output():
+            self._host.serve(RX)
+
+    def process(self, queue: Virtqueue, memory: GuestMemory) -> bool:
+        if queue.max_size == TX_QUEUE_SIZE:
+            served = self._transmit(queue, memory)
+            self._wake_rx()
+            return served
+        if queue.max_size == RX_QUEUE_SIZE:
+            return self._receive(queue, memory)
+        return False                               # event buffers wait for an event
+
+    def _transmit(self, queue: Virtqueue, memory: GuestMemory) -> bool:
+        served = False
+        while (chain := queue.pop(memory)) is not None:
+            readable = sum(b.length for b in chain.readable)
+            if readable < HEADER_SIZE:
+                raise VirtqueueError(f"tx packet {chain.head} has {readable} device-readable bytes, "
+                                     f"less than a {HEADER_SIZE}-byte header")
+            views = _views(memory, chain.readable)
+            header = Header.unpack(gather(slice_views(views, 0, HEADER_SIZE)))
+            if header.len > readable - HEADER_SIZE:
+                self.muxer.bad_packet(header)
+            else:
+                payload = slice_views(views, HEADER_SIZE, header.len) if header.op == Op.RW else []
+                self.muxer.from_guest(header if header.op == Op.RW else header._replace(len=0), payload)
+            queue.push_used(memory, chain.head, 0)
+            served = True
+        return served
+
+    def _receive(self, queue: Virtqueue, memory: GuestMemory) -> bool:
+        served = False
+        while self.muxer.has_output():
+            chain = queue.pop(memory)
+            if chain is None:
+                break
+            room = sum(b.length for b in chain.writable)
+            if room < HEADER_SIZE:
+                raise VirtqueueError(f"rx buffer {chain.head} has {room} device-writable bytes, "
+                                     f"less than a {HEADER_SIZE}-byte header")
+            views = _views(memory, chain.writable)
+            header = self.muxer.next_packet(slice_views(views, HEADER_SIZE, room - HEADER_SIZE))
+            if header is None:
+                queue.put_back()
+                break
+            scatter(header.pack(), slice_views(views, 0, HEADER_SIZE))
+            queue.push_used(memory, chain.head, HEADER_SIZE + header.len)
+            served = True
+        return served
+
+
+def _views(memory: GuestMemory, buffers: list[Buffer]) -> list[memoryview]:
+    return [memory.view(b.address, b.length) for b in buffers if b.length]
