@@ -96,16 +96,20 @@ def run_qemu(guest: str, cmdline: str, net_args: list[str]) -> Finished:
     return Finished(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
 
 
+def boot_on_tap(request, guest: str, tap: Tap, cmdline: str) -> Finished:
+    """Boot a guest-kit program with one NIC on `tap` (MAC given), under the VMM --vmm chooses."""
+    if request.config.getoption("--vmm") == "qemu":
+        return run_qemu(guest, cmdline, [
+            "-netdev", f"tap,id=n0,ifname={tap.name},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=n0,disable-legacy=on,mac={MAC}"])
+    return run_vmkit("run", "--kernel", str(build_guest(guest)), "--device", "virtio-rng",
+                     "--net", f"tap={tap.name},mac={MAC}", "--cmdline", cmdline)
+
+
 def test_net_check_over_a_tap(request, tap, echo_at):
     echo = echo_at(tap.host_ip)
     cmdline = f"ip={ip_number(tap.guest_ip)} peer={ip_number(tap.host_ip)} port={echo.port} count=8"
-    if request.config.getoption("--vmm") == "qemu":
-        done = run_qemu("net_check", cmdline, [
-            "-netdev", f"tap,id=n0,ifname={tap.name},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=n0,disable-legacy=on,mac={MAC}"])
-    else:
-        done = run_vmkit("run", "--kernel", str(build_guest("net_check")), "--device", "virtio-rng",
-                         "--net", f"tap={tap.name},mac={MAC}", "--cmdline", cmdline)
+    done = boot_on_tap(request, "net_check", tap, cmdline)
     results = done.results()
     assert done.returncode == 1, done.stdout + done.stderr               # exit(0)
     assert results["net_check"] == "pass"
@@ -173,3 +177,15 @@ def test_a_tap_that_cannot_be_attached_is_a_start_error(tap):
     finally:
         held.kill()
         held.wait()
+
+
+def test_net_bench_over_a_tap(request, tap, echo_at):
+    """The benchmark program runs its phases (a short run: it checks that figures come out, not
+    what they are)."""
+    echo = echo_at(tap.host_ip)
+    cmdline = f"ip={ip_number(tap.guest_ip)} peer={ip_number(tap.host_ip)} port={echo.port} seconds=1 size=512"
+    done = boot_on_tap(request, "net_bench", tap, cmdline)
+    results = done.results()
+    assert done.returncode == 1 and results.get("net_bench") == "done", done.stdout + done.stderr
+    assert int(results["rtt_rounds"]) > 10 and int(results["tx_pps"]) > 0 and int(results["echo_pps"]) > 0
+    assert int(results["rx_frames"]) > int(results["rtt_rounds"])
