@@ -47,6 +47,9 @@ LINK_OPTIONS: tuple[LinkOption, ...] = (
                "the Unix socket PATH (CONNECT <port>), the guest reaches PATH_<port> (cid: 3 by default)",
                "vmkit.vmm.vsock_option"),
     LinkOption("--net", "tap=NAME[,mac=MAC] | user[,hostfwd=tcp:H:G]", "a virtio-net NIC on the host tap NAME, or user-mode networking through passt; also mac=, mtu=, rx_bps=, tx_bps=, rx_pps=, tx_pps=", "vmkit.vmm.net_option"),
+    LinkOption("--share", "HOSTDIR[,tag=TAG][,rw]", "share a host directory over virtio-9p (9P2000.L), "
+               "read-only unless rw; the guest mounts it by TAG (share0, share1, ... by default)",
+               "vmkit.vmm.share_option"),
 )
 
 
