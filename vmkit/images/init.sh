@@ -5,6 +5,13 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
+# Shared folders (vmkit run --share): mount each virtio-9p tag at /mnt/TAG.
+for tag_file in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
+    [ -e "$tag_file" ] || continue
+    tag=$(tr -d '\000\n' < "$tag_file")
+    mkdir -p "/mnt/$tag"
+    mount -t 9p -o trans=virtio,version=9p2000.L "$tag" "/mnt/$tag" || echo "vmkit-init: cannot mount share $tag"
+done
 echo "vmkit-init: running: $*"
 if [ $# -eq 0 ]; then
     set -- sh

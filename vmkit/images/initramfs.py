@@ -13,7 +13,7 @@ INIT_SCRIPT = Path(__file__).with_name("init.sh")
 APPLETS = (
     "sh", "mount", "umount", "poweroff", "reboot", "echo", "cat", "ls", "uname", "sleep", "true",
     "false", "mkdir", "dmesg", "grep", "nproc", "free", "env", "printf", "test", "[", "head",
-    "tail", "wc", "date", "id", "hostname", "ps", "df", "sync",
+    "tail", "wc", "date", "id", "hostname", "ps", "df", "sync", "tr",
 )
 
 
