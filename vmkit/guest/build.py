@@ -129,7 +129,7 @@ def build_guest(name: str, variant: Variant = "pvh") -> Path:
     buildproc.remove_stale(out_dir)
     sources = [RUNTIME_DIR / "entry.S", RUNTIME_DIR / "runtime.c", RUNTIME_DIR / "pci.c",
                RUNTIME_DIR / "virtio.c", RUNTIME_DIR / "virtio_blk.c", RUNTIME_DIR / "virtio_net.c",
-               RUNTIME_DIR / "virtio_vsock.c", PROGRAM_DIR / f"{name}.c"]
+               RUNTIME_DIR / "virtio_vsock.c", RUNTIME_DIR / "virtio_9p.c", PROGRAM_DIR / f"{name}.c"]
     if variant == "pvh":
         sources.append(RUNTIME_DIR / "pvh_note.S")
     with buildproc.owned_tempdir(out_dir, target.name) as work:
