@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 import time
 from collections.abc import Callable, Sequence
 
@@ -79,6 +80,8 @@ DOTL_DSYNC, DOTL_DIRECTORY, DOTL_SYNC = 0o10000, 0o200000, 0o4000000
 SETATTR_MODE, SETATTR_UID, SETATTR_GID, SETATTR_SIZE = 0x1, 0x2, 0x4, 0x8
 SETATTR_ATIME, SETATTR_MTIME, SETATTR_CTIME, SETATTR_ATIME_SET, SETATTR_MTIME_SET = 0x10, 0x20, 0x40, 0x80, 0x100
 
+# valid, qid, mode, uid, gid, nlink, rdev, size, blksize, blocks, a/m/c/btime (s, ns), gen, data_version
+GETATTR_REPLY = struct.Struct("<Q13sIIIQQQQQ" + "QQ" * 4 + "QQ")
 MODIFYING = frozenset({TLCREATE, TSYMLINK, TMKNOD, TRENAME, TSETATTR, TXATTRCREATE, TLINK, TMKDIR,
                        TRENAMEAT, TUNLINKAT, TREMOVE, TWRITE})
 Handler = Callable[[Reader], bytes]
@@ -325,11 +328,12 @@ class Server:
         fid = self.fids.get(r.u32())
         r.u64()                                     # request_mask: the basic set is always given
         info = os.stat(fid.path_fd)
-        writer = Writer().u64(GETATTR_BASIC).qid(qid_of(info)).u32(info.st_mode).u32(info.st_uid).u32(info.st_gid)
-        writer.u64(info.st_nlink).u64(info.st_rdev).u64(info.st_size).u64(info.st_blksize).u64(info.st_blocks)
+        times: list[int] = []
         for ns in (info.st_atime_ns, info.st_mtime_ns, info.st_ctime_ns):
-            writer.u64(ns // 1_000_000_000).u64(ns % 1_000_000_000)
-        return writer.u64(0).u64(0).u64(0).u64(0).bytes()       # btime, gen, data_version: not given
+            times += divmod(ns, 1_000_000_000)
+        return GETATTR_REPLY.pack(GETATTR_BASIC, qid_of(info).pack(), info.st_mode, info.st_uid, info.st_gid,
+                                  info.st_nlink, info.st_rdev, info.st_size, info.st_blksize, info.st_blocks,
+                                  *times, 0, 0, 0, 0)     # btime, gen, data_version: not given
 
     def _setattr(self, r: Reader) -> bytes:
         fid, valid, mode, uid, gid = self.fids.get(r.u32()), r.u32(), r.u32(), r.u32(), r.u32()

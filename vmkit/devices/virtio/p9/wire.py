@@ -138,6 +138,10 @@ class ReplyRoom:
         return slices(self.views, offset, length)
 
     def write(self, offset: int, data: bytes) -> None:
+        first = self.views[0] if self.views else None
+        if first is not None and 0 <= offset and offset + len(data) <= len(first):
+            first[offset:offset + len(data)] = data          # the usual case: one buffer holds it
+            return
         at = 0
         for view in self.slices(offset, len(data)):
             view[:] = data[at:at + len(view)]
