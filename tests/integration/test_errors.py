@@ -106,7 +106,7 @@ BAD_OPTIONS = [
     (["--console", "/tmp"], "--console '/tmp' is a directory"),
     (["--device", "nope"], "device: 'nope' is not a device vmkit has"),
     (["--device", ""], "device: '' is not a device vmkit has"),
-    (["--device", "virtio-rng"] * 32, "device: 32 PCI devices asked for (disks included); PCI bus 0 has room for 31"),
+    (["--device", "virtio-rng"] * 32, "device: 32 PCI devices asked for (disks and links included); PCI bus 0 has room for 31"),
     (["--profile-guest", "/nonexistent/profile.txt"], "--profile-guest '/nonexistent/profile.txt' does not exist"),
     (["--profile-guest", "/proc/profile.txt"], "--profile-guest '/proc/profile.txt'"),  # unwritable, even to root
     (["--profile-guest", "/tmp"], "--profile-guest '/tmp' is a directory"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vmkit.devices.bus import BYTE_WIDE
+from vmkit.devices.state import NoState, check_type
 
 SLEEP_CONTROL_OFFSET = 0
 SLEEP_STATUS_OFFSET = 1
@@ -35,3 +36,13 @@ class AcpiPower:
                 self._on_poweroff()
         elif offset == RESET_OFFSET and value == self._reset_value:
             self._on_reset()
+
+    def save(self) -> NoState:
+        return NoState()
+
+    def restore(self, state: object) -> None:
+        check_type(state, NoState, self.label)
+
+    def reset(self) -> None:
+        pass
+

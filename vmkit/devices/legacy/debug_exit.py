@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vmkit.devices.bus import BYTE_WIDE
+from vmkit.devices.state import NoState, check_type
 
 
 class DebugExit:
@@ -23,6 +24,16 @@ class DebugExit:
     def write(self, offset: int, data: bytes) -> None:
         self._on_exit(data[0])
 
+    def save(self) -> NoState:
+        return NoState()
+
+    def restore(self, state: object) -> None:
+        check_type(state, NoState, self.label)
+
+    def reset(self) -> None:
+        pass
+
+
 
 class DebugConsole:
     """Bytes written to port 0xe9 go to the console (Bochs/QEMU debugcon); reads return 0xe9."""
@@ -38,3 +49,13 @@ class DebugConsole:
 
     def write(self, offset: int, data: bytes) -> None:
         self._output(data)
+
+    def save(self) -> NoState:
+        return NoState()
+
+    def restore(self, state: object) -> None:
+        check_type(state, NoState, self.label)
+
+    def reset(self) -> None:
+        pass
+

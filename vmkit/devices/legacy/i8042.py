@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from vmkit.devices.bus import BYTE_WIDE
+from vmkit.devices.state import check, check_int, check_type
 
 DATA_PORT_OFFSET = 0     # 0x60
 COMMAND_PORT_OFFSET = 4  # 0x64
@@ -32,6 +34,14 @@ CMD_WRITE_OUTPUT_PORT = 0xD1
 CMD_PULSE_RESET = 0xFE
 
 
+@dataclass(frozen=True)
+class I8042State:
+    ctr: int = 0x00
+    status: int = STATUS_SYSTEM_FLAG | STATUS_NOT_INHIBITED
+    output: int | None = None          # a byte waiting on the data port
+    pending_write: int | None = None   # the command whose data byte comes next
+
+
 class I8042:
     """Answers the controller commands guests probe with; 0xFE on 0x64 resets the VM."""
 
@@ -41,10 +51,32 @@ class I8042:
         self.label = label
         self._on_reset = on_reset
         self._lock = threading.Lock()
-        self.ctr = 0x00
-        self.status = STATUS_SYSTEM_FLAG | STATUS_NOT_INHIBITED
-        self._output: int | None = None
-        self._pending_write: int | None = None
+        self._set(I8042State())
+
+    def _set(self, state: I8042State) -> None:
+        self.ctr, self.status = state.ctr, state.status
+        self._output: int | None = state.output
+        self._pending_write: int | None = state.pending_write
+
+    def save(self) -> I8042State:
+        with self._lock:
+            return I8042State(self.ctr, self.status, self._output, self._pending_write)
+
+    def restore(self, state: object) -> None:
+        check_type(state, I8042State, self.label)
+        assert isinstance(state, I8042State)
+        check_int(state.ctr, f"{self.label}.ctr", 0xFF)
+        check_int(state.status, f"{self.label}.status", 0xFF)
+        if state.output is not None:
+            check_int(state.output, f"{self.label}.output", 0xFF)
+        check(state.pending_write in (None, CMD_WRITE_CTR, CMD_WRITE_OUTPUT_PORT), f"{self.label}.pending_write",
+              f"{state.pending_write!r} is not a command that takes a data byte")
+        with self._lock:
+            self._set(state)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._set(I8042State())
 
     def read(self, offset: int, size: int) -> bytes:
         with self._lock:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from vmkit.devices.bus import BYTE_WIDE
+from vmkit.devices.state import check, check_int, check_type
 
 INDEX_OFFSET = 0
 DATA_OFFSET = 1
@@ -25,6 +27,25 @@ def _bcd(value: int) -> int:
     return ((value // 10) << 4) | (value % 10)
 
 
+CMOS_BYTES = 128
+
+
+def _initial_cmos() -> bytes:
+    cmos = bytearray(CMOS_BYTES)
+    cmos[REG_STATUS_A] = 0x26  # 32.768 kHz time base, 1024 Hz rate
+    cmos[REG_STATUS_B] = STATUS_B_24H
+    cmos[REG_STATUS_D] = STATUS_D_VALID
+    return bytes(cmos)
+
+
+@dataclass(frozen=True)
+class RtcState:
+    """The index register and the CMOS bytes (the clock registers are read from the host's clock)."""
+
+    index: int = 0
+    cmos: bytes = _initial_cmos()
+
+
 class CmosRtc:
     """128 bytes of CMOS; the clock registers are computed from the host clock on each read."""
 
@@ -35,10 +56,26 @@ class CmosRtc:
         self._clock = clock
         self._lock = threading.Lock()
         self.index = 0
-        self.cmos = bytearray(128)
-        self.cmos[REG_STATUS_A] = 0x26  # 32.768 kHz time base, 1024 Hz rate
-        self.cmos[REG_STATUS_B] = STATUS_B_24H
-        self.cmos[REG_STATUS_D] = STATUS_D_VALID
+        self.cmos = bytearray(_initial_cmos())
+
+    def save(self) -> RtcState:
+        with self._lock:
+            return RtcState(self.index, bytes(self.cmos))
+
+    def restore(self, state: object) -> None:
+        check_type(state, RtcState, self.label)
+        assert isinstance(state, RtcState)
+        check_int(state.index, f"{self.label}.index", 0x7F)
+        check(isinstance(state.cmos, bytes) and len(state.cmos) == CMOS_BYTES, f"{self.label}.cmos",
+              f"is not {CMOS_BYTES} bytes")
+        check(state.cmos[REG_STATUS_C] == 0 and state.cmos[REG_STATUS_D] == STATUS_D_VALID, f"{self.label}.cmos",
+              "status registers C and D are read-only (0 and 'valid')")
+        with self._lock:
+            self.index, self.cmos[:] = state.index, state.cmos
+
+    def reset(self) -> None:
+        with self._lock:
+            self.index, self.cmos[:] = 0, _initial_cmos()
 
     def read(self, offset: int, size: int) -> bytes:
         with self._lock:

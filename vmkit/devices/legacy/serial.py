@@ -10,8 +10,10 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from vmkit.devices.bus import BYTE_WIDE
+from vmkit.devices.state import check, check_int, check_type
 
 # Register offsets
 RBR_THR_DLL = 0
@@ -35,6 +37,21 @@ OutputSink = Callable[[bytes], None]
 IrqLine = Callable[[bool], None]
 
 
+@dataclass(frozen=True)
+class SerialState:
+    """The UART's registers and the bytes the guest has not read yet."""
+
+    ier: int = 0
+    lcr: int = 0x03
+    mcr: int = 0x08
+    scr: int = 0
+    dll: int = 0x0C               # 9600 baud
+    dlm: int = 0
+    fifo_enabled: bool = False
+    thre_pending: bool = True
+    rx: bytes = b""
+
+
 class Serial16550:
     """COM port emulation; `output` receives guest bytes, `irq` the interrupt level."""
 
@@ -46,14 +63,41 @@ class Serial16550:
         self._irq = irq
         self._lock = threading.Lock()
         self._rx: deque[int] = deque()
-        self.ier = 0
-        self.lcr = 0x03
-        self.mcr = 0x08
-        self.scr = 0
-        self.dll, self.dlm = 0x0C, 0   # 9600 baud
-        self.fifo_enabled = False
-        self._thre_pending = True
         self._irq_level = False
+        self._set(SerialState())
+
+    # --- state ---------------------------------------------------------------
+    def _set(self, state: SerialState) -> None:
+        self.ier, self.lcr, self.mcr, self.scr = state.ier, state.lcr, state.mcr, state.scr
+        self.dll, self.dlm = state.dll, state.dlm
+        self.fifo_enabled = state.fifo_enabled
+        self._thre_pending = state.thre_pending
+        self._rx = deque(state.rx)
+
+    def save(self) -> SerialState:
+        with self._lock:
+            return SerialState(self.ier, self.lcr, self.mcr, self.scr, self.dll, self.dlm, self.fifo_enabled,
+                               self._thre_pending, bytes(self._rx))
+
+    def restore(self, state: object) -> None:
+        check_type(state, SerialState, self.label)
+        assert isinstance(state, SerialState)
+        for name in ("lcr", "scr", "dll", "dlm"):
+            check_int(getattr(state, name), f"{self.label}.{name}", 0xFF)
+        check_int(state.ier, f"{self.label}.ier", 0x0F)
+        check_int(state.mcr, f"{self.label}.mcr", 0x1F)
+        for name in ("fifo_enabled", "thre_pending"):
+            check(isinstance(getattr(state, name), bool), f"{self.label}.{name}", "is not true or false")
+        check(isinstance(state.rx, bytes) and len(state.rx) <= RX_FIFO_LIMIT, f"{self.label}.rx",
+              f"is not at most {RX_FIFO_LIMIT} bytes")
+        with self._lock:
+            self._set(state)
+            self._update_irq()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._set(SerialState())
+            self._update_irq()
 
     # --- host side -----------------------------------------------------------
     def receive(self, data: bytes) -> int:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 
-from vmkit.devices.rate_limiter import RateLimiter
+from vmkit.devices.rate_limiter import RateLimiter, RateLimiterError, RateLimiterState
+from vmkit.devices.state import StateError, check, check_type
 from vmkit.devices.virtio.device import DeviceHost
 from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
 from vmkit.devices.virtio.queue import Buffer, DescriptorChain, Virtqueue, VirtqueueError
@@ -53,6 +55,17 @@ def disk_serial(path: str) -> str:
     return f"{info.st_dev:x}{info.st_ino:x}"[:ID_BYTES]
 
 
+@dataclass(frozen=True)
+class BlkState:
+    """What the guest knows of a disk beyond the transport: its size, whether it is read-only, its
+    serial; and the rate limiter's buckets."""
+
+    capacity: int
+    read_only: bool
+    serial: bytes
+    limiter: RateLimiterState | None
+
+
 class VirtioBlk:
     """The device side of one disk."""
 
@@ -85,6 +98,29 @@ class VirtioBlk:
 
     def attach(self, host: DeviceHost) -> None:
         self._host = host                        # a rate limit's wait runs on its timers
+
+    def save(self) -> BlkState:
+        return BlkState(self.disk.size, self.disk.read_only, self.serial,
+                        self.limiter.save() if self.limiter is not None else None)
+
+    def restore(self, state: object) -> None:
+        """The disk must be the one saved (size, read-only) and its serial the same: the guest knows
+        them. The rate limiter's buckets carry on where they were."""
+        check_type(state, BlkState, self.label)
+        assert isinstance(state, BlkState)
+        check(state.capacity == self.disk.size, f"{self.label}.capacity",
+              f"{state.capacity!r} bytes saved, the disk has {self.disk.size}")
+        check(state.read_only == self.disk.read_only, f"{self.label}.read_only",
+              f"{state.read_only!r} saved, the disk is {'read-only' if self.disk.read_only else 'writable'}")
+        check(state.serial == self.serial, f"{self.label}.serial", f"{state.serial!r} is not {self.serial!r}")
+        check((state.limiter is None) == (self.limiter is None), f"{self.label}.limiter",
+              "saved with a rate limit the disk has not, or without the one it has")
+        if self.limiter is not None:
+            try:
+                limiter = RateLimiter.restore(state.limiter)
+            except RateLimiterError as exc:
+                raise StateError(f"{self.label}.limiter: {exc}") from None
+            self.limiter = limiter
 
     def process(self, queue: Virtqueue, memory: GuestMemory) -> bool:
         """Serve the available requests; with a rate limit, stop at the first the budget does not

@@ -54,3 +54,13 @@ class VirtioDevice(Protocol):
     def attach(self, host: DeviceHost) -> None:
         """Called once, when the device is placed in a machine: what it may ask of it."""
         ...
+
+    def save(self) -> object:
+        """The device's own guest-visible state (beyond the transport's), as a frozen dataclass
+        (vmkit/devices/state.py); vmkit.devices.state.NoState when it keeps none."""
+        ...
+
+    def restore(self, state: object) -> None:
+        """Take a state `save` returned, after checking every field (StateError names the first
+        that is wrong); called on a device built afresh, before the machine runs."""
+        ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from vmkit.devices.state import NoState, check_type
 from vmkit.devices.virtio.device import DeviceHost
 from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
 from vmkit.devices.virtio.queue import Virtqueue
@@ -38,3 +39,9 @@ class VirtioRng:
 
     def attach(self, host: DeviceHost) -> None:
         pass                                            # it only answers kicks
+
+    def save(self) -> NoState:
+        return NoState()
+
+    def restore(self, state: object) -> None:
+        check_type(state, NoState, self.label)

@@ -15,15 +15,12 @@ from dataclasses import dataclass, field
 
 from vmkit.devices.pci.config_space import CONFIG_SIZE
 from vmkit.devices.pci.msix import ENTRY_SIZE
+from vmkit.devices.state import StateError, check, check_int
 from vmkit.devices.virtio.pci_transport import NO_VECTOR, STATUS_FEATURES_OK, VirtioPciDevice
 from vmkit.devices.virtio.queue import Virtqueue, VirtqueueError
 from vmkit.memory import GuestMemory
 
 U16, U32, U64 = 0xFFFF, 0xFFFFFFFF, (1 << 64) - 1
-
-
-class StateError(ValueError):
-    """A saved device state that this device cannot take; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -71,22 +68,12 @@ def save_function(function: VirtioPciDevice) -> FunctionState:
             function.queue_select, function.isr, tuple(save_queue(q) for q in function.queues))
 
 
-def _check(condition: bool, where: str, message: str) -> None:
-    if not condition:
-        raise StateError(f"{where}: {message}")
-
-
-def _check_int(value: object, where: str, limit: int) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit, where,
-           f"{value!r} is not a whole number in 0..{limit:#x}")
-
-
 def _check_queue(state: QueueState, queue: Virtqueue, vectors: int, memory: GuestMemory, where: str) -> None:
     for name, limit in (("size", U16), ("desc_table", U64), ("avail_ring", U64), ("used_ring", U64),
                         ("msix_vector", U16), ("last_avail", U16), ("next_used", U16)):
-        _check_int(getattr(state, name), f"{where}.{name}", limit)
-    _check(isinstance(state.ready, bool), f"{where}.ready", f"{state.ready!r} is not true or false")
-    _check(state.msix_vector < vectors or state.msix_vector == NO_VECTOR, f"{where}.msix_vector",
+        check_int(getattr(state, name), f"{where}.{name}", limit)
+    check(isinstance(state.ready, bool), f"{where}.ready", f"{state.ready!r} is not true or false")
+    check(state.msix_vector < vectors or state.msix_vector == NO_VECTOR, f"{where}.msix_vector",
            f"{state.msix_vector} names no MSI-X table entry (there are {vectors})")
     if state.ready:
         probe = Virtqueue(queue.max_size)
@@ -101,33 +88,33 @@ def _check_queue(state: QueueState, queue: Virtqueue, vectors: int, memory: Gues
 def check_function(state: FunctionState, function: VirtioPciDevice) -> None:
     """Raise StateError unless `state` is one `function` could have reached."""
     device = function.device
-    _check(state.device_type == device.device_type, "device_type",
+    check(state.device_type == device.device_type, "device_type",
            f"{state.device_type!r} is not this device's ({device.device_type})")
-    _check(isinstance(state.config_space, bytes) and len(state.config_space) == CONFIG_SIZE, "config_space",
+    check(isinstance(state.config_space, bytes) and len(state.config_space) == CONFIG_SIZE, "config_space",
            f"is not {CONFIG_SIZE} bytes")
     read_only = [i for i in range(CONFIG_SIZE)
                  if (state.config_space[i] ^ function.config.data[i]) & ~function.config.writable[i] & 0xFF]
-    _check(not read_only, "config_space", f"byte {read_only[0]:#x} differs in bits the guest cannot write"
+    check(not read_only, "config_space", f"byte {read_only[0]:#x} differs in bits the guest cannot write"
            if read_only else "")
     vectors = function.msix.vectors
-    _check(isinstance(state.msix_table, bytes) and len(state.msix_table) == ENTRY_SIZE * vectors, "msix_table",
+    check(isinstance(state.msix_table, bytes) and len(state.msix_table) == ENTRY_SIZE * vectors, "msix_table",
            f"is not {ENTRY_SIZE * vectors} bytes ({vectors} vectors)")
-    _check(len(state.msix_pending) == vectors and all(isinstance(p, bool) for p in state.msix_pending),
+    check(len(state.msix_pending) == vectors and all(isinstance(p, bool) for p in state.msix_pending),
            "msix_pending", f"is not {vectors} true-or-false values")
     for name, limit in (("status", 0xFF), ("device_feature_select", U32), ("driver_feature_select", U32),
                         ("driver_features", U64), ("config_msix_vector", U16), ("queue_select", U16),
                         ("isr", 0xFF)):
-        _check_int(getattr(state, name), name, limit)
-    _check(not state.driver_features & ~device.features, "driver_features",
+        check_int(getattr(state, name), name, limit)
+    check(not state.driver_features & ~device.features, "driver_features",
            f"{state.driver_features:#x} has bits the device does not offer ({device.features:#x})")
-    _check(not state.status & STATUS_FEATURES_OK or bool(state.driver_features), "status",
+    check(not state.status & STATUS_FEATURES_OK or bool(state.driver_features), "status",
            "FEATURES_OK without negotiated features")
-    _check(state.config_msix_vector < vectors or state.config_msix_vector == NO_VECTOR, "config_msix_vector",
+    check(state.config_msix_vector < vectors or state.config_msix_vector == NO_VECTOR, "config_msix_vector",
            f"{state.config_msix_vector} names no MSI-X table entry (there are {vectors})")
-    _check(len(state.queues) == len(function.queues), "queues",
+    check(len(state.queues) == len(function.queues), "queues",
            f"{len(state.queues)} saved, the device has {len(function.queues)}")
     for index, (saved, queue) in enumerate(zip(state.queues, function.queues, strict=True)):
-        _check(isinstance(saved, QueueState), f"queues[{index}]", "is not a queue state")
+        check(isinstance(saved, QueueState), f"queues[{index}]", "is not a queue state")
         _check_queue(saved, queue, vectors, function.memory, f"queues[{index}]")
 
 
