@@ -132,6 +132,11 @@ class Qcow2Disk:
         check_request(self.path, self.size, offset, length)
         with self._lock:
             self._check_open()
+            host = self.tables.contiguous_data(offset, length, self.cluster_size)
+            if host is not None:                 # one run of data clusters: one preadv
+                self.host.read_into(host, views)
+                self._trim_cache()
+                return
             pos = 0
             for run in self._runs(offset, length):
                 self._read_run(run, slice_views(views, pos, run.length))
@@ -145,6 +150,11 @@ class Qcow2Disk:
         check_request(self.path, self.size, offset, length)
         with self._lock:
             self._check_open()
+            host = self.tables.contiguous_data(offset, length, self.cluster_size, in_place=True)
+            if host is not None:                 # one run of clusters written in place: one pwritev
+                self.host.write_from(host, views)
+                self._trim_cache()
+                return
             pos = 0
             run_host, run_pos, run_length = 0, 0, 0   # consecutive in-place pieces, contiguous in the file
             for cluster, within, count in self._pieces(offset, length):

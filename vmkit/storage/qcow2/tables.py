@@ -130,6 +130,27 @@ class Tables:
                                         f"the file ({file_size} bytes): the image is truncated or damaged")
             self._check_overlap(host, where)
 
+    def contiguous_data(self, offset: int, length: int, cluster_size: int, *, in_place: bool = False) -> int | None:
+        """Where guest bytes [offset, +length) are in the file when they are allocated data held in
+        one run of consecutive host clusters under one L2 table (the usual request), else None;
+        `in_place`: the clusters must also be COPIED (a write may go straight to them)."""
+        first, within = divmod(offset, cluster_size)
+        count = (within + length - 1) // cluster_size + 1
+        l1_index, l2_index = divmod(first, self.l2_entries)
+        if length <= 0 or l2_index + count > self.l2_entries:
+            return None
+        table_offset = self.l2_offset(l1_index)
+        if not table_offset:
+            return None
+        entries = struct.unpack_from(f">{count}Q", self.table(table_offset), l2_index * 8)
+        start = entries[0] & STD_OFFSET_MASK
+        flags, wanted = (COMPRESSED | ZERO | COPIED, COPIED) if in_place else (COMPRESSED | ZERO, 0)
+        for i, entry in enumerate(entries):
+            if (entry & flags != wanted
+                    or entry & STD_OFFSET_MASK != start + i * cluster_size):
+                return None
+        return start + within if start else None
+
     def entry(self, cluster: int) -> int:
         """The L2 entry of guest cluster `cluster` (0 when it has no L2 table)."""
         l1_index, l2_index = divmod(cluster, self.l2_entries)
