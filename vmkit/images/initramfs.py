@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
 from pathlib import Path
 
 from vmkit.images.cpio import CpioWriter
 
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
+# A static vsock client and echo server for vsock checks, compiled here with the host's gcc.
+VSOCK_PROBE_SOURCE = Path(__file__).with_name("vsock_probe.c")
 # Links made at build time: on PVM hosts every system call the guest makes costs emulated
 # kernel work, so init does not run `busybox --install`. Other applets: `busybox NAME ...`.
 APPLETS = (
@@ -34,6 +38,18 @@ def find_busybox() -> Path:
     )
 
 
+def build_vsock_probe() -> bytes:
+    """vsock_probe.c as a static executable (it links no libc: a few KiB)."""
+    with tempfile.TemporaryDirectory(prefix="vmkit-vsock-probe-") as work:
+        output = Path(work) / "vsock_probe"
+        built = subprocess.run(["gcc", "-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector", "-fno-pie",
+                                "-no-pie", "-Os", "-s", "-o", str(output), str(VSOCK_PROBE_SOURCE)],
+                               capture_output=True, text=True)
+        if built.returncode:
+            raise InitramfsError(f"cannot build {VSOCK_PROBE_SOURCE.name}: {built.stderr.strip()}")
+        return output.read_bytes()
+
+
 def build_initramfs(busybox: Path | None = None) -> bytes:
     busybox = busybox or find_busybox()
     archive = CpioWriter()
@@ -45,4 +61,5 @@ def build_initramfs(busybox: Path | None = None) -> bytes:
     for applet in APPLETS:
         archive.symlink(f"bin/{applet}", "busybox")
     archive.file("init", INIT_SCRIPT.read_bytes(), 0o755)
+    archive.file("bin/vsock_probe", build_vsock_probe(), 0o755)
     return archive.finish()
