@@ -40,6 +40,21 @@ class NoState:
     """The state of a device that keeps none (its registers are write-only or constant)."""
 
 
+class Stateless:
+    """Save, restore and reset for a device that keeps no state: its state is NoState."""
+
+    label: str
+
+    def save(self) -> NoState:
+        return NoState()
+
+    def restore(self, state: object) -> None:
+        check_type(state, NoState, self.label)
+
+    def reset(self) -> None:
+        pass
+
+
 def check(condition: bool, where: str, message: str) -> None:
     if not condition:
         raise StateError(f"{where}: {message}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vmkit.devices.bus import BYTE_WIDE
-from vmkit.devices.state import NoState, check_type
+from vmkit.devices.state import Stateless
 
 SLEEP_CONTROL_OFFSET = 0
 SLEEP_STATUS_OFFSET = 1
@@ -14,7 +14,7 @@ SLEEP_TYPE_MASK, SLEEP_TYPE_SHIFT, SLEEP_ENABLE = 0x1C, 2, 0x20
 S5_SOFT_OFF = 5
 
 
-class AcpiPower:
+class AcpiPower(Stateless):
     """Writing SLP_TYP=5 with SLP_EN powers the VM off; writing the reset value resets it."""
 
     access = BYTE_WIDE
@@ -36,13 +36,4 @@ class AcpiPower:
                 self._on_poweroff()
         elif offset == RESET_OFFSET and value == self._reset_value:
             self._on_reset()
-
-    def save(self) -> NoState:
-        return NoState()
-
-    def restore(self, state: object) -> None:
-        check_type(state, NoState, self.label)
-
-    def reset(self) -> None:
-        pass
 

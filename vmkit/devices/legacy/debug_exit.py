@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vmkit.devices.bus import BYTE_WIDE
-from vmkit.devices.state import NoState, check_type
+from vmkit.devices.state import Stateless
 
 
-class DebugExit:
+class DebugExit(Stateless):
     """A byte v written here ends the VM; the exit status is (v << 1) | 1, as QEMU's isa-debug-exit
     (vmm/outcome.py). Reads return all ones."""
 
@@ -24,18 +24,9 @@ class DebugExit:
     def write(self, offset: int, data: bytes) -> None:
         self._on_exit(data[0])
 
-    def save(self) -> NoState:
-        return NoState()
-
-    def restore(self, state: object) -> None:
-        check_type(state, NoState, self.label)
-
-    def reset(self) -> None:
-        pass
 
 
-
-class DebugConsole:
+class DebugConsole(Stateless):
     """Bytes written to port 0xe9 go to the console (Bochs/QEMU debugcon); reads return 0xe9."""
 
     access = BYTE_WIDE
@@ -49,13 +40,4 @@ class DebugConsole:
 
     def write(self, offset: int, data: bytes) -> None:
         self._output(data)
-
-    def save(self) -> NoState:
-        return NoState()
-
-    def restore(self, state: object) -> None:
-        check_type(state, NoState, self.label)
-
-    def reset(self) -> None:
-        pass
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from vmkit.devices.state import NoState, check_type
+from vmkit.devices.state import Stateless
 from vmkit.devices.virtio.device import DeviceHost
 from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
 from vmkit.devices.virtio.queue import Virtqueue
@@ -13,7 +13,7 @@ from vmkit.memory import GuestMemory
 MAX_BYTES_PER_REQUEST = 64 * 1024
 
 
-class VirtioRng:
+class VirtioRng(Stateless):
     label = "virtio-rng"
     device_type = 4
     features = VIRTIO_F_VERSION_1
@@ -34,14 +34,5 @@ class VirtioRng:
             served = True
         return served
 
-    def reset(self) -> None:
-        pass
-
     def attach(self, host: DeviceHost) -> None:
         pass                                            # it only answers kicks
-
-    def save(self) -> NoState:
-        return NoState()
-
-    def restore(self, state: object) -> None:
-        check_type(state, NoState, self.label)
