@@ -342,3 +342,27 @@ def test_a_device_reset_ends_every_stream(rig):
     host.pump()
     guest.send(Op.CREDIT_UPDATE, 1, 2)                             # the next thing served applies it
     assert sock.recv(16) == b"" and not device.muxer.conns
+
+
+def test_streams_past_the_limit_are_refused_both_ways(rig, monkeypatch):
+    from vmkit.devices.virtio.vsock import muxer
+
+    path, device, host, guest = rig
+    monkeypatch.setattr(muxer, "MAX_STREAMS", 2)
+    first, _ = established(path, host, guest)
+    second, _ = established(path, host, guest)
+    third = host_connect(path, host)
+    assert closed(third) and guest.take_rx() == []                 # closed at once, no REQUEST
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"{path}_1234")
+    listener.listen()
+    guest.send(Op.REQUEST, 40000, 1234)
+    assert [h.op for h, _ in guest.take_rx()] == [Op.RST]          # a listener, but no room
+    first.close()
+    host.pump()
+    guest.take_rx()                                                # the first stream ends: room again
+    guest.send(Op.RST, GUEST_PORT, FIRST_HOST_PORT)
+    guest.send(Op.REQUEST, 40001, 1234)
+    assert [h.op for h, _ in guest.take_rx()] == [Op.RESPONSE]
+    listener.close()
+    second.close()

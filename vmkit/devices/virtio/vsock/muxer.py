@@ -17,7 +17,6 @@ whose fd the I/O thread watches.
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import socket
@@ -185,7 +184,11 @@ class Muxer:
         if not peek or (end < 0 and len(line) + len(peek) >= CONNECT_LINE_MAX):
             self._end_line(fd, close=True)
             return
-        line += sock.recv(end + 1 if end >= 0 else len(peek))
+        try:
+            line += sock.recv(end + 1 if end >= 0 else len(peek))
+        except OSError:
+            self._end_line(fd, close=True)
+            return
         if end < 0:
             return
         port = parse_connect(bytes(line[:-1]))
@@ -225,10 +228,15 @@ class Muxer:
 
     def _connect_to_host(self, header: Header) -> None:
         """The guest's REQUEST to host port `dst_port`: join it to PATH_<port>, or RST."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        if len(self.conns) + len(self.lines) >= MAX_STREAMS:
+            self._stray_rst(header)
+            return
         try:
-            if len(self.conns) + len(self.lines) >= MAX_STREAMS:
-                raise OSError(errno.EMFILE, "too many vsock streams")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        except OSError:                            # out of fds: as if nobody listened
+            self._stray_rst(header)
+            return
+        try:
             sock.connect(f"{self.path}_{header.dst_port}")
         except OSError:
             sock.close()
