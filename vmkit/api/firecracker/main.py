@@ -1,0 +1,137 @@
+"""The `vmkit-firecracker` program: the `firecracker` binary's command line, served by vmkit.
+
+Clients of Firecracker may connect to the API socket the moment after they exec the program, so
+this module imports next to nothing (os, socket, argparse) and listens before anything else is
+loaded: connections made while the rest loads wait in the socket's backlog and are served once the
+server is up. Everything else is in service.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    import argparse
+
+DEFAULT_API_SOCK = "/run/firecracker.socket"
+DEFAULT_ID = "anonymous-instance"
+DEFAULT_MAX_PAYLOAD = 51200          # Firecracker's default limit on a request body, in bytes
+LISTEN_BACKLOG = 128
+STATUS_START_ERROR = 125             # as vmkit.vmm.outcome, without importing it before listening
+PROCESS_NAME = b"firecracker"
+PR_SET_NAME = 15
+
+
+class ArgumentError(Exception):
+    """The command line is wrong; the message says how."""
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise ArgumentError(f"{message} (see `vmkit-firecracker --help`)")
+
+    parser = Parser(prog="vmkit-firecracker",
+                    description="A Firecracker-compatible VMM process: the `firecracker` command line and "
+                                "HTTP API over a Unix socket, served by vmkit (docs/firecracker-api.md).")
+    parser.add_argument("--api-sock", default=DEFAULT_API_SOCK, metavar="PATH",
+                        help=f"the API's Unix socket (default {DEFAULT_API_SOCK}); it must not exist yet")
+    parser.add_argument("--id", default=DEFAULT_ID, help=f"the instance's id (default {DEFAULT_ID})")
+    parser.add_argument("--config-file", metavar="FILE",
+                        help="a JSON file of the API's objects (boot-source, machine-config, drives, "
+                             "network-interfaces, vsock, entropy, logger, metrics): the VM starts at once")
+    parser.add_argument("--no-api", action="store_true", help="serve no API (needs --config-file)")
+    parser.add_argument("--boot-timer", action="store_true",
+                        help="log the time from InstanceStart to the guest's first console output")
+    parser.add_argument("--level", default="Info", metavar="LEVEL",
+                        help="log level: Error, Warning, Info (default), Debug, Trace or Off")
+    parser.add_argument("--log-path", metavar="PATH", help="an existing file or named pipe for the log "
+                                                           "(default: standard error)")
+    parser.add_argument("--show-level", action="store_true", help="put the level in each log line")
+    parser.add_argument("--show-log-origin", action="store_true", help="accepted; vmkit's lines name the thread")
+    parser.add_argument("--metrics-path", metavar="PATH", help="an existing file or named pipe for metrics")
+    parser.add_argument("--http-api-max-payload-size", type=int, default=DEFAULT_MAX_PAYLOAD, metavar="BYTES",
+                        help=f"the largest request body served (default {DEFAULT_MAX_PAYLOAD})")
+    parser.add_argument("--no-seccomp", action="store_true", help="accepted; vmkit installs no seccomp filter")
+    parser.add_argument("--seccomp-filter", metavar="FILE", help="accepted and ignored: vmkit has no seccomp filter")
+    for timing in ("--start-time-us", "--start-time-cpu-us", "--parent-cpu-time-us"):
+        parser.add_argument(timing, type=int, metavar="N", help="accepted (a jailer's timing)")
+    parser.add_argument("--enable-pci", action="store_true", help="accepted: vmkit's devices are always on PCI")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    args = parser.parse_args(argv)
+    if args.no_api and args.config_file is None:
+        raise ArgumentError("--no-api needs --config-file: without the API nothing could configure the VM")
+    if not 1 <= args.http_api_max_payload_size <= 1 << 20:
+        raise ArgumentError("--http-api-max-payload-size: give 1..1048576 bytes")
+    return args
+
+
+def listen(path: str) -> socket.socket:
+    """Bind and listen on a new Unix socket at `path` (an existing file there is an error, as in
+    Firecracker: a socket left by a process that is gone is the caller's to remove)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(path)
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def set_process_name() -> None:
+    """Name the process (its main thread) `firecracker`, as tools that look for Firecracker expect."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_arguments(arguments)
+    except ArgumentError as exc:
+        print(f"vmkit-firecracker: error: {exc}", file=sys.stderr)
+        return STATUS_START_ERROR
+    if args.version:
+        from vmkit.api.firecracker.service import version_line
+
+        print(version_line())
+        return 0
+    listener = None
+    if not args.no_api:
+        try:
+            listener = listen(args.api_sock)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            print(f"vmkit-firecracker: error: --api-sock {args.api_sock!r}: cannot listen there: {reason}",
+                  file=sys.stderr)
+            return STATUS_START_ERROR
+    set_process_name()
+    from vmkit.api.firecracker.service import serve
+
+    return serve(args, listener)
+
+
+def entry() -> NoReturn:
+    """The `vmkit-firecracker` program."""
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(status)
+
+
+if __name__ == "__main__":
+    entry()
