@@ -84,3 +84,38 @@ def test_state_round_trip_and_untrusted_restore(tmp_path):
         with pytest.raises(StateError, match=f"guest_cid: .*{message}"):
             restore_vsock(device, bad)
     device.close()
+
+
+def test_a_restore_tells_the_driver_its_streams_are_gone(tmp_path):
+    import socket as sockets
+
+    from tests.unit.vsock_rig import Guest, LoopHost
+    from vmkit.devices.virtio.queue import VirtqueueError
+
+    path = str(tmp_path / "v")
+    device = VsockSpec(path).open()
+    host = LoopHost()
+    guest = Guest(device, host)
+    guest.post_rx()
+    guest.post_events([4, 8])
+    assert guest.events() == []                                    # no event without a reason
+    client = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    client.connect(path)
+    client.sendall(b"CONNECT 5000\n")
+    client.settimeout(2)
+    host.pump()
+    assert device.muxer.conns
+    restore_vsock(device, save_vsock(device))
+    assert guest.events() == []                                    # sent on the I/O thread, once it runs
+    for timer in host.timers:
+        timer()
+    assert guest.events() == [(4, b"\0\0\0\0")]                    # VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+    assert client.recv(16) == b"" and not device.muxer.conns
+    device.transport_reset()
+    guest.serve(2)                                                 # the 8-byte buffer takes the next one
+    assert guest.events() == [(4, b"\0\0\0\0")] * 2
+    with pytest.raises(VirtqueueError, match="3 device-writable bytes, not 4"):
+        device.transport_reset()
+        guest.post_events([3])
+    device.close()
+    guest.close()

@@ -14,6 +14,7 @@ from vmkit.memory import GuestMemory
 MEMORY_BYTES = 1 << 20
 RX_DESC, RX_AVAIL, RX_USED = 0x10000, 0x11000, 0x12000
 TX_DESC, TX_AVAIL, TX_USED = 0x20000, 0x21000, 0x22000
+EV_DESC, EV_AVAIL, EV_USED, EV_BUFFERS = 0x30000, 0x31000, 0x32000, 0x33000
 RX_BUFFERS = 0x40000                  # 16 buffers of RX_BUFFER bytes, RX_STRIDE apart
 RX_STRIDE = 0x2000
 RX_BUFFER = HEADER_SIZE + 4096
@@ -68,10 +69,11 @@ class Guest:
         self.memory = GuestMemory.create(MEMORY_BYTES)
         self.rx, self.tx, self.event = Virtqueue(RX_QUEUE_SIZE), Virtqueue(TX_QUEUE_SIZE), Virtqueue(EVENT_QUEUE_SIZE)
         for queue, (desc, avail, used) in ((self.rx, (RX_DESC, RX_AVAIL, RX_USED)),
-                                           (self.tx, (TX_DESC, TX_AVAIL, TX_USED))):
+                                           (self.tx, (TX_DESC, TX_AVAIL, TX_USED)),
+                                           (self.event, (EV_DESC, EV_AVAIL, EV_USED))):
             queue.size, queue.desc_table, queue.avail_ring, queue.used_ring = QUEUE, desc, avail, used
             queue.validate_layout(self.memory)
-        self.rx_avail = self.tx_avail = 0
+        self.rx_avail = self.tx_avail = self.ev_avail = 0
         self.rx_seen = self.tx_seen = 0
         self.rx_posted = 0
         self.buf_alloc, self.fwd_cnt = 1 << 20, 0
@@ -113,6 +115,25 @@ class Guest:
         if repost and packets:
             self.post_rx(len(packets))
         return packets
+
+    # --- event ----------------------------------------------------------------------------------
+    def post_events(self, sizes: list[int]) -> None:
+        """Offer event buffers of these sizes (16 bytes apart, filled with 0xff), and kick."""
+        for size in sizes:
+            index = self.ev_avail % QUEUE
+            self.memory.write(EV_BUFFERS + 16 * index, b"\xff" * 16)
+            self.memory.write(EV_DESC + 16 * index, struct.pack("<QIHH", EV_BUFFERS + 16 * index, size,
+                                                                VIRTQ_DESC_F_WRITE, 0))
+            self.memory.write(EV_AVAIL + 4 + 2 * index, struct.pack("<H", index))
+            self.ev_avail += 1
+        self.memory.write(EV_AVAIL + 2, struct.pack("<H", self.ev_avail))
+        self.serve(2)
+
+    def events(self) -> list[tuple[int, bytes]]:
+        """(used length, buffer bytes) of each event the device returned."""
+        used = struct.unpack("<H", self.memory.read(EV_USED + 2, 2))[0]
+        entries = [struct.unpack("<II", self.memory.read(EV_USED + 4 + 8 * i, 8)) for i in range(used)]
+        return [(length, self.memory.read(EV_BUFFERS + 16 * head, 4)) for head, length in entries]
 
     # --- tx -------------------------------------------------------------------------------------
     def send_chain(self, buffers: list[tuple[int, int, bool]]) -> bool:

@@ -10,7 +10,9 @@ their own and are told apart by them: rx RX_QUEUE_SIZE, tx TX_QUEUE_SIZE, event 
 - rx: the device fills a chain's device-writable buffers with a header and payload (one packet per
   chain) whenever the muxer has something for the guest; a chain with fewer than 44 such bytes
   raises VirtqueueError.
-- event: buffers are kept; vmkit sends no events.
+- event: buffers are kept until a restored device tells the driver its streams are gone
+  (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, a le32 0; the driver then drops its connections and reads
+  the CID again). A buffer with fewer than 4 device-writable bytes raises VirtqueueError.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from vmkit.storage.disk import gather, scatter, slice_views
 DEVICE_TYPE = 19
 RX_QUEUE_SIZE, TX_QUEUE_SIZE, EVENT_QUEUE_SIZE = 256, 128, 16
 RX, TX, EVENT = 0, 1, 2
+EVENT_TRANSPORT_RESET = 0
+EVENT_BYTES = 4
 
 
 class VirtioVsock:
@@ -42,6 +46,7 @@ class VirtioVsock:
         self.guest_cid = muxer.guest_cid
         self.label = label
         self._host: DeviceHost | None = None
+        self.reset_event_due = False
 
     def config(self) -> bytes:
         return struct.pack("<Q", self.guest_cid)
@@ -53,6 +58,16 @@ class VirtioVsock:
     def reset(self) -> None:
         """Called on the thread that reset the function: the streams end on the I/O thread."""
         self.muxer.reset_requested = True
+        self.reset_event_due = False
+
+    def transport_reset(self) -> None:
+        """End every stream and tell the driver (after a restore: the streams' sockets are gone).
+        The event goes out on the I/O thread, once it runs."""
+        self.muxer.reset_requested = True
+        self.reset_event_due = True
+        if self._host is not None:
+            host = self._host
+            host.call_later(0, lambda: host.serve(EVENT))
 
     def close(self) -> None:
         self.muxer.close()
@@ -68,7 +83,19 @@ class VirtioVsock:
             return served
         if queue.max_size == RX_QUEUE_SIZE:
             return self._receive(queue, memory)
-        return False                               # event buffers wait for an event
+        return self._send_event(queue, memory)
+
+    def _send_event(self, queue: Virtqueue, memory: GuestMemory) -> bool:
+        """The transport reset event, if one is due; other buffers wait."""
+        if not self.reset_event_due or (chain := queue.pop(memory)) is None:
+            return False
+        room = sum(b.length for b in chain.writable)
+        if room < EVENT_BYTES:
+            raise VirtqueueError(f"event buffer {chain.head} has {room} device-writable bytes, not {EVENT_BYTES}")
+        scatter(struct.pack("<I", EVENT_TRANSPORT_RESET), slice_views(_views(memory, chain.writable), 0, EVENT_BYTES))
+        queue.push_used(memory, chain.head, EVENT_BYTES)
+        self.reset_event_due = False
+        return True
 
     def _transmit(self, queue: Virtqueue, memory: GuestMemory) -> bool:
         served = False
