@@ -1,5 +1,6 @@
 """virtio-vsock end to end with the guest kit: vsock_echo (runtime/virtio_vsock.c) booted with
-`--vsock PATH`, host programs on both sides of the Unix socket protocol.
+`--vsock PATH`, host programs on both sides of the Unix socket protocol, then hostile packets from
+the live guest.
 
 This runs under vmkit only: QEMU's vsock is vhost-vsock-pci, which needs /dev/vhost-vsock, and
 this host has none (QEMU has no userspace vsock device to compare with).
@@ -138,7 +139,7 @@ def test_streams_echo_megabytes_and_the_guest_reaches_a_host_listener(short_dir)
     listener = host_listener(path, received)
     image = str(build_guest("vsock_echo"))
     cmdline = (f"port={ECHO_PORT} host_port={HOST_PORT} refused_port={NOBODY_PORT} out_bytes={OUT_BYTES} "
-               f"streams={STREAMS} timeout_s=120")
+               f"streams={STREAMS} timeout_s=120 hostile=1")
     # virtio-rng beside it: the builder starts the I/O thread only for --device and --disk today
     proc = subprocess.Popen(vmkit_command("run", "--kernel", image, "--memory", "64", "--cmdline", cmdline,
                                           "--vsock", path, "--device", "virtio-rng"),
@@ -177,4 +178,10 @@ def test_streams_echo_megabytes_and_the_guest_reaches_a_host_listener(short_dir)
     assert results["echo_streams"] == str(STREAMS) and results["echo_bytes"] == str(STREAMS * STREAM_BYTES)
     assert int(results["max_concurrent"]) >= 2                    # the streams were open side by side
     assert results["credit_violations"] == "0" and results["odd_packets"] == "0"
+    # hostile packets after the echo: dropped ones leave the device working (status 0xf: DRIVER_OK),
+    # a chain too short for a header makes it DEVICE_NEEDS_RESET (0x40); reset, it answers again
+    assert results["hostile_len_past_chain"] == results["hostile_other_cid"] == "f"
+    assert results["hostile_still_answers"] == "1"
+    assert int(results["hostile_short_header"], 16) & 0x40
+    assert results["hostile_after_reset"] == "1"
     assert results["vsock_echo"] == "pass"

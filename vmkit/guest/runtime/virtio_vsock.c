@@ -174,10 +174,14 @@ int vsock_poll(struct vsock *v) {
 
 int vsock_connect(struct vsock *v, u32 port, u64 timeout_ns) {
     struct vsock_stream *s = new_stream(v, v->next_port++, port, VS_CONNECTING);
-    if (!s) return -1;
+    if (!s) return VSOCK_NO_ANSWER;
     stream_send(v, s, VSOCK_OP_REQUEST, 0, 0, 0);
     for (u64 end = now_ns() + timeout_ns; s->state == VS_CONNECTING && now_ns() < end;) vsock_poll(v);
-    if (s->state != VS_ESTABLISHED) { s->state = VS_FREE; return -1; }
+    if (s->state != VS_ESTABLISHED) {
+        int refused = s->state == VS_CLOSED && s->reset;
+        s->state = VS_FREE;
+        return refused ? VSOCK_REFUSED : VSOCK_NO_ANSWER;
+    }
     return (int)(s - v->s);
 }
 

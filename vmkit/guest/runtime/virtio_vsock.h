@@ -68,7 +68,10 @@ void vsock_listen(struct vsock *v, u32 port);
 /* Serve what the device returned: incoming packets (answered as the protocol says), tx buffers
    freed. Returns how many rx packets were handled. */
 int vsock_poll(struct vsock *v);
-/* Connect to the host's `port`; the stream's index, or -1 (RST, or no answer in timeout_ns). */
+/* Connect to the host's `port`: the stream's index, VSOCK_REFUSED (RST) or VSOCK_NO_ANSWER (nothing
+   within timeout_ns, or no free stream). */
+#define VSOCK_REFUSED (-1)
+#define VSOCK_NO_ANSWER (-2)
 int vsock_connect(struct vsock *v, u32 port, u64 timeout_ns);
 /* Bytes waiting to be read, and how many may be sent now (the peer's credit). */
 u32 vsock_readable(struct vsock *v, int i);
