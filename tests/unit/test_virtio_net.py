@@ -8,8 +8,9 @@ import struct
 import pytest
 
 from vmkit.devices.rate_limiter import RateLimiter
+from vmkit.devices.state import StateError
 from vmkit.devices.virtio.net import header as h
-from vmkit.devices.virtio.net.device import RX_QUEUE_SIZE, TX_QUEUE_SIZE, NetState, NetStateError, VirtioNet
+from vmkit.devices.virtio.net.device import RX_QUEUE_SIZE, TX_QUEUE_SIZE, NetState, VirtioNet
 from vmkit.devices.virtio.net.mac import derived_mac, parse_mac
 from vmkit.devices.virtio.net.passt import PasstBackend, passt_argv
 from vmkit.devices.virtio.net.spec import NetOptionError, parse_net
@@ -357,7 +358,7 @@ def test_state_round_trip_and_hostile_states(tap_rig):
                 NetState(MAC, 67, 1, VIRTIO_F_VERSION_1), NetState(MAC, True, 1, VIRTIO_F_VERSION_1),
                 NetState(MAC, 1500, 2, VIRTIO_F_VERSION_1), NetState(MAC, 1500, 1, 0),
                 NetState(MAC, 1500, 1, VIRTIO_F_VERSION_1 | 1 << 40), "not a state"):
-        with pytest.raises(NetStateError):
+        with pytest.raises(StateError):
             other.restore(bad)
     assert other.save() == state                            # a refused state changed nothing
     other.close()

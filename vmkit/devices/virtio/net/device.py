@@ -33,6 +33,7 @@ import threading
 from dataclasses import dataclass
 
 from vmkit.devices.rate_limiter import RateLimiter
+from vmkit.devices.state import StateError
 from vmkit.devices.virtio.device import DeviceHost
 from vmkit.devices.virtio.net.backend import FrameTooLarge, NetBackend
 from vmkit.devices.virtio.net.header import (
@@ -83,10 +84,6 @@ class NetState:
     mtu: int
     status: int
     offloads: int                  # the features the driver accepted, as `activate` was given them
-
-
-class NetStateError(ValueError):
-    """A saved state this device cannot take; the message names the field."""
 
 
 class VirtioNet:
@@ -149,20 +146,21 @@ class VirtioNet:
         return NetState(self.mac, self.mtu, self.status, self.negotiated)
 
     def restore(self, state: object) -> None:
-        """Take a saved state after checking every field as untrusted (NetStateError)."""
+        """Take a saved state after checking every field as untrusted (StateError names the first
+        that is wrong); nothing changes when one is."""
         if not isinstance(state, NetState):
-            raise NetStateError(f"state: expected a NetState, got {type(state).__name__}")
+            raise StateError(f"state: expected a NetState, got {type(state).__name__}")
         if not isinstance(state.mac, bytes) or len(state.mac) != 6 or state.mac[0] & 1 or state.mac == bytes(6):
-            raise NetStateError(f"mac: {state.mac!r} is not a unicast MAC address")
+            raise StateError(f"mac: {state.mac!r} is not a unicast MAC address")
         if not _is_int(state.mtu) or not MIN_MTU <= state.mtu <= MAX_MTU:
-            raise NetStateError(f"mtu: {state.mtu!r} is not in {MIN_MTU}..{MAX_MTU}")
+            raise StateError(f"mtu: {state.mtu!r} is not in {MIN_MTU}..{MAX_MTU}")
         if not _is_int(state.status) or state.status & ~STATUS_LINK_UP or state.status < 0:
-            raise NetStateError(f"status: {state.status!r} has bits other than LINK_UP")
+            raise StateError(f"status: {state.status!r} has bits other than LINK_UP")
         if not _is_int(state.offloads) or state.offloads < 0 or state.offloads & ~self.features:
-            raise NetStateError(f"offloads: {state.offloads!r} has features this device does not offer "
+            raise StateError(f"offloads: {state.offloads!r} has features this device does not offer "
                                 f"({self.features:#x})")
         if not state.offloads & VIRTIO_F_VERSION_1:
-            raise NetStateError("offloads: VERSION_1 is missing")
+            raise StateError("offloads: VERSION_1 is missing")
         self.mac, self.mtu, self.status = state.mac, state.mtu, state.status
         self.activate(state.offloads)
 
