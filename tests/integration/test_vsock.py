@@ -185,3 +185,37 @@ def test_streams_echo_megabytes_and_the_guest_reaches_a_host_listener(short_dir)
     assert int(results["hostile_short_header"], 16) & 0x40
     assert results["hostile_after_reset"] == "1"
     assert results["vsock_echo"] == "pass"
+
+
+def test_a_machine_with_vsock_saves_and_restores_through_the_device_walk(machine_factory, short_dir):
+    """The device manager's walk: a vsock device a guest drove saves its CID beside the transport's
+    state, and restores into a machine built afresh (streams are not saved: it owes the driver a
+    transport reset event); a machine with another CID refuses the state."""
+    from vmkit.devices.state import StateError
+    from vmkit.devices.virtio.pci_transport import STATUS_DRIVER_OK
+    from vmkit.devices.virtio.vsock.spec import VsockSpec
+    from vmkit.devices.virtio.vsock.state import VsockState
+
+    def config(name: str, cid: int = 3) -> dict:
+        return {"memory_mib": 64, "cmdline": f"streams=0 refused_port={NOBODY_PORT}", "devices": ("virtio-rng",),
+                "links": (VsockSpec(f"{short_dir}/{name}", cid),)}
+
+    first, console = machine_factory("vsock_echo", **config("a"))
+    first.start()
+    result = first.wait(60)
+    assert result is not None and result.status == 1, console.text[-2000:]
+    assert "RESULT connect_refused=1" in console.text
+    saved = first.devices.save()
+    vsock = saved.virtio[-1]
+    assert vsock.device == VsockState(3) and vsock.transport.status & STATUS_DRIVER_OK
+    assert vsock.transport.queues[0].next_used > 0 and vsock.transport.queues[1].next_used > 0   # RST, REQUEST
+    first.close()
+
+    second, _ = machine_factory("vsock_echo", **config("b"))
+    second.devices.restore(saved)
+    assert second.devices.save() == saved
+    assert second.devices.virtio[-1].function.device.reset_event_due
+
+    other, _ = machine_factory("vsock_echo", **config("c", cid=4))
+    with pytest.raises(StateError, match=r"guest_cid: 3 is not this device's \(4\)"):
+        other.devices.restore(saved)

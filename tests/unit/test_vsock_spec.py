@@ -4,9 +4,9 @@ import socket
 
 import pytest
 
-from vmkit.devices.virtio.state import StateError
+from vmkit.devices.state import NoState, StateError
 from vmkit.devices.virtio.vsock.spec import VsockOpenError, VsockSpec, parse_option
-from vmkit.devices.virtio.vsock.state import VsockState, restore_vsock, save_vsock
+from vmkit.devices.virtio.vsock.state import VsockState
 from vmkit.vmm.config import ConfigError
 from vmkit.vmm.links import LINK_OPTIONS, parse_links
 from vmkit.vmm.vsock_option import parse_option as parse_cli_option
@@ -74,15 +74,15 @@ def test_a_stale_socket_is_replaced_a_live_one_or_another_file_refused(tmp_path)
 
 def test_state_round_trip_and_untrusted_restore(tmp_path):
     device = VsockSpec(str(tmp_path / "v"), 42).open()
-    state = save_vsock(device)
+    state = device.save()
     assert state == VsockState(42)
-    restore_vsock(device, state)
+    device.restore(state)
     assert device.muxer.reset_requested                            # streams are not saved: they end
     for bad, message in ((VsockState(41), "not this device's"), (VsockState(2), "from 3 to"),
                          (VsockState(True), "from 3 to"), (VsockState("42"), "from 3 to"),
-                         (VsockState(1 << 32), "from 3 to")):
-        with pytest.raises(StateError, match=f"guest_cid: .*{message}"):
-            restore_vsock(device, bad)
+                         (VsockState(1 << 32), "from 3 to"), (NoState(), "not a VsockState")):
+        with pytest.raises(StateError, match=message):
+            device.restore(bad)
     device.close()
 
 
@@ -105,7 +105,7 @@ def test_a_restore_tells_the_driver_its_streams_are_gone(tmp_path):
     client.settimeout(2)
     host.pump()
     assert device.muxer.conns
-    restore_vsock(device, save_vsock(device))
+    device.restore(device.save())
     assert guest.events() == []                                    # sent on the I/O thread, once it runs
     for timer in host.timers:
         timer()

@@ -24,6 +24,7 @@ from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
 from vmkit.devices.virtio.queue import Buffer, Virtqueue, VirtqueueError
 from vmkit.devices.virtio.vsock.muxer import Muxer
 from vmkit.devices.virtio.vsock.packet import HEADER_SIZE, Header, Op
+from vmkit.devices.virtio.vsock.state import VsockState, check_state
 from vmkit.memory import GuestMemory
 from vmkit.storage.disk import gather, scatter, slice_views
 
@@ -59,6 +60,15 @@ class VirtioVsock:
         """Called on the thread that reset the function: the streams end on the I/O thread."""
         self.muxer.reset_requested = True
         self.reset_event_due = False
+
+    def save(self) -> VsockState:
+        return VsockState(self.guest_cid)
+
+    def restore(self, state: object) -> None:
+        """Check `state` as untrusted, then end every stream (their sockets were not saved) and
+        tell the driver so."""
+        check_state(state, self.guest_cid, self.label)
+        self.transport_reset()
 
     def transport_reset(self) -> None:
         """End every stream and tell the driver (after a restore: the streams' sockets are gone).

@@ -10,6 +10,7 @@ HEADER = struct.Struct("<QQIIIHHIII")     # src_cid dst_cid src_port dst_port le
 HEADER_SIZE = HEADER.size                  # 44
 
 HOST_CID = 2
+MIN_GUEST_CID, MAX_GUEST_CID = 3, 0xFFFFFFFF - 1   # 0, 1, 2 and 2**32 - 1 are reserved (5.10.4)
 TYPE_STREAM = 1
 
 SHUTDOWN_RCV = 1                           # the sender will receive no more

@@ -15,9 +15,9 @@ from typing import NamedTuple
 
 from vmkit.devices.virtio.vsock.device import VirtioVsock
 from vmkit.devices.virtio.vsock.muxer import Muxer
+from vmkit.devices.virtio.vsock.packet import MAX_GUEST_CID, MIN_GUEST_CID
 
-DEFAULT_CID = 3
-MAX_CID = 0xFFFFFFFF - 1                 # 0, 1, 2 and 2**32 - 1 are reserved (virtio 1.2, 5.10.4)
+DEFAULT_CID = MIN_GUEST_CID
 SUN_PATH_MAX = 107                       # sun_path less its terminating zero
 PORT_SUFFIX = len("_4294967295")         # PATH_<port> for connections the guest starts
 
@@ -90,7 +90,7 @@ def parse_option(value: str, index: int) -> VsockSpec:
         key, eq, text = option.partition("=")
         if key != "cid" or not eq:
             raise VsockOptionError(f"--vsock {value!r}: unknown option {option!r} (--vsock PATH[,cid=N])")
-        if not text.isdigit() or not 3 <= int(text) <= MAX_CID:
-            raise VsockOptionError(f"--vsock {value!r}: cid={text!r} is not a whole number from 3 to {MAX_CID}")
+        if not text.isdigit() or not MIN_GUEST_CID <= int(text) <= MAX_GUEST_CID:
+            raise VsockOptionError(f"--vsock {value!r}: cid={text!r} is not a whole number from {MIN_GUEST_CID} to {MAX_GUEST_CID}")
         cid = int(text)
     return VsockSpec(path, cid, index)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmkit.devices.virtio.state import StateError
-from vmkit.devices.virtio.vsock.device import VirtioVsock
-from vmkit.devices.virtio.vsock.spec import MAX_CID
+from vmkit.devices.state import check, check_type
+from vmkit.devices.virtio.vsock.packet import MAX_GUEST_CID, MIN_GUEST_CID
 
 
 @dataclass(frozen=True)
@@ -20,17 +19,11 @@ class VsockState:
     guest_cid: int
 
 
-def save_vsock(device: VirtioVsock) -> VsockState:
-    return VsockState(device.guest_cid)
-
-
-def restore_vsock(device: VirtioVsock, state: VsockState) -> None:
-    """Check `state` as untrusted, then end every stream (their sockets were not saved) and tell
-    the driver so."""
+def check_state(state: object, guest_cid: int, label: str) -> None:
+    """Raise StateError unless `state` is a VsockState this device (CID `guest_cid`) could have saved."""
+    check_type(state, VsockState, label)
+    assert isinstance(state, VsockState)
     cid = state.guest_cid
-    if not isinstance(cid, int) or isinstance(cid, bool) or not 3 <= cid <= MAX_CID:
-        raise StateError(f"guest_cid: {cid!r} is not a whole number from 3 to {MAX_CID}")
-    if cid != device.guest_cid:
-        raise StateError(f"guest_cid: {cid} is not this device's ({device.guest_cid}); "
-                         f"the CID is given with --vsock")
-    device.transport_reset()
+    check(isinstance(cid, int) and not isinstance(cid, bool) and MIN_GUEST_CID <= cid <= MAX_GUEST_CID,
+          "guest_cid", f"{cid!r} is not a whole number from {MIN_GUEST_CID} to {MAX_GUEST_CID}")
+    check(cid == guest_cid, "guest_cid", f"{cid} is not this device's ({guest_cid}); the CID is given with --vsock")
