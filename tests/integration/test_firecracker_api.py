@@ -338,11 +338,13 @@ def test_command_line_errors(tmp_path):
                            (["--no-api"], "--no-api needs --config-file"),
                            (["--api-sock", str(tmp_path / "a.sock"), "--id", "bad id!"], "--id: 'bad id!'"),
                            (["--api-sock", str(tmp_path / "b.sock"), "--level", "Loud"], "--level: 'Loud'"),
-                           (["--metadata", "x"], "unrecognized arguments")]:
+                           (["--api-sock", str(tmp_path / "c.sock"), "--metadata", "x"], "unrecognized arguments"),
+                           (["--api-sock", str(tmp_path / "d.sock"), "--api"], "unrecognized arguments")]:
         done = subprocess.run([*PROGRAM, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               timeout=120)
         assert done.returncode == 125 and expected in done.stderr, (args, done.stderr)
     assert taken.read_text() == ""                          # a file in the way is left alone
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["taken.sock"]   # no socket left behind
 
 
 def test_a_stop_signal_ends_a_running_vm_with_its_status(firecracker, tmp_path):

@@ -15,7 +15,7 @@ import pytest
 
 from tests.firecracker_client import Api
 from vmkit.api.firecracker import models
-from vmkit.api.firecracker.main import ArgumentError, parse_arguments
+from vmkit.api.firecracker.main import DEFAULT_API_SOCK, ArgumentError, early_socket_path, parse_arguments
 from vmkit.api.firecracker.microvm import DEFAULT_BOOT_ARGS, ApiError, MicroVm
 from vmkit.api.firecracker.routes import Routes, fault
 from vmkit.api.firecracker.service import StartError, apply_config_file
@@ -319,6 +319,23 @@ def test_the_command_line_is_firecrackers():
         parse_arguments(["--no-api"])
     with pytest.raises(ArgumentError, match="unrecognized arguments"):
         parse_arguments(["--mmds-size-limit", "5"])
+
+
+@pytest.mark.parametrize("argv", [[], ["--api-sock", "/a"], ["--api-sock=/a"], ["--id", "x", "--api-sock", "/a"],
+                                  ["--api-sock", "/b", "--api-sock", "/a"], ["--no-api", "--config-file", "f"],
+                                  ["--version"], ["--level", "Info", "--api-sock"]])
+def test_the_socket_path_found_before_argparse_is_the_one_argparse_reads(argv):
+    """The socket listens before argparse is loaded: its path must be the one argparse then reads."""
+    early = early_socket_path(argv)
+    try:
+        args = parse_arguments(argv)
+    except ArgumentError:
+        return                               # main closes the early socket again
+    if args.no_api or args.version:
+        assert early is None
+    else:
+        assert early == args.api_sock
+    assert early_socket_path([]) == DEFAULT_API_SOCK
 
 
 def test_a_config_file_puts_each_object_as_the_api_would(log, tmp_path, disk):

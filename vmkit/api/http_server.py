@@ -18,6 +18,7 @@ from typing import NamedTuple
 import h11
 
 MAX_HEADER_BYTES = 16 * 1024     # request line and headers, together
+DISCARD_LIMIT = 1 << 20         # an oversized body up to this is read and dropped before the 400
 MAX_CONNECTIONS = 64             # beyond this a new connection is closed at once
 RECV_BYTES = 64 * 1024
 SEND_TIMEOUT_SECONDS = 5.0       # a client that does not read its answer is dropped after this
@@ -44,6 +45,8 @@ class _Connection:
         self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.request: h11.Request | None = None
         self.body = bytearray()
+        self.refused: str | None = None    # why the request being read will get a 400
+        self.received = 0
 
 
 class UnixHttpServer:
@@ -140,19 +143,32 @@ class UnixHttpServer:
             if isinstance(event, h11.Request):
                 connection.request = event
                 connection.body.clear()
+                connection.refused, connection.received = None, 0
                 head = len(event.target) + sum(len(name) + len(value) for name, value in event.headers)
                 if head > MAX_HEADER_BYTES:     # h11 bounds only a head that arrives in pieces
                     self._fail(connection, f"the request's line and headers are over {MAX_HEADER_BYTES} bytes")
                     return
                 length = _content_length(event)
                 if length is not None and length > self._max_body:
-                    self._fail(connection, _too_large(length, self._max_body))
-                    return
+                    if length > DISCARD_LIMIT:
+                        self._fail(connection, _too_large(length, self._max_body))
+                        return
+                    connection.refused = _too_large(length, self._max_body)
             elif isinstance(event, h11.Data):
-                connection.body += event.data
-                if len(connection.body) > self._max_body:
-                    self._fail(connection, _too_large(len(connection.body), self._max_body))
+                # A body over the limit is read to its end and dropped, so that the client, still
+                # sending, is not cut off before it can read the 400.
+                connection.received += len(event.data)
+                if connection.refused is None and connection.received > self._max_body:
+                    connection.refused = _too_large(connection.received, self._max_body)
+                    connection.body.clear()
+                if connection.received > DISCARD_LIMIT:
+                    self._fail(connection, _too_large(connection.received, self._max_body))
                     return
+                if connection.refused is None:
+                    connection.body += event.data
+            elif isinstance(event, h11.EndOfMessage) and connection.refused is not None:
+                self._fail(connection, connection.refused)
+                return
             elif isinstance(event, h11.EndOfMessage):
                 request = connection.request
                 assert request is not None

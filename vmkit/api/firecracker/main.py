@@ -1,15 +1,17 @@
 """The `vmkit-firecracker` program: the `firecracker` binary's command line, served by vmkit.
 
 Clients of Firecracker may connect to the API socket the moment after they exec the program, so
-this module imports next to nothing (os, socket, argparse) and listens before anything else is
-loaded: connections made while the rest loads wait in the socket's backlog and are served once the
-server is up. Everything else is in service.py.
+this module listens before anything else is loaded: it finds --api-sock in the arguments by itself
+and binds with the interpreter's built-in `_socket`, and only then imports argparse (which checks
+every argument, and closes the socket again if they are wrong) and the server. Connections made
+while the rest loads wait in the socket's backlog and are served once the server is up. Everything
+else is in service.py.
 """
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
@@ -36,7 +38,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         def error(self, message: str) -> NoReturn:
             raise ArgumentError(f"{message} (see `vmkit-firecracker --help`)")
 
-    parser = Parser(prog="vmkit-firecracker",
+    parser = Parser(prog="vmkit-firecracker", allow_abbrev=False,
                     description="A Firecracker-compatible VMM process: the `firecracker` command line and "
                                 "HTTP API over a Unix socket, served by vmkit (docs/firecracker-api.md).")
     parser.add_argument("--api-sock", default=DEFAULT_API_SOCK, metavar="PATH",
@@ -71,10 +73,24 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def listen(path: str) -> socket.socket:
+def early_socket_path(argv: list[str]) -> str | None:
+    """The API socket's path as argparse will read it, found without argparse; None when there is
+    to be no socket (--no-api) or the program only prints (--help, --version)."""
+    path = DEFAULT_API_SOCK
+    for index, word in enumerate(argv):
+        if word in ("--no-api", "--help", "-h", "--version"):
+            return None
+        if word == "--api-sock" and index + 1 < len(argv):
+            path = argv[index + 1]
+        elif word.startswith("--api-sock="):
+            path = word.partition("=")[2]
+    return path
+
+
+def listen(path: str) -> _socket.socket:
     """Bind and listen on a new Unix socket at `path` (an existing file there is an error, as in
     Firecracker: a socket left by a process that is gone is the caller's to remove)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.bind(path)
         sock.listen(LISTEN_BACKLOG)
@@ -82,6 +98,25 @@ def listen(path: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _listen_or_say(path: str) -> _socket.socket | None:
+    """listen(path), or None once the reason it cannot is on standard error."""
+    try:
+        return listen(path)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"vmkit-firecracker: error: --api-sock {path!r}: cannot listen there: {reason}", file=sys.stderr)
+        return None
+
+
+def _close(sock: _socket.socket, path: str) -> None:
+    """Undo listen(): the socket closed and its file removed."""
+    sock.close()
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def set_process_name() -> None:
@@ -97,9 +132,17 @@ def set_process_name() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    early_path = early_socket_path(arguments)
+    listener = None
+    if early_path is not None:
+        listener = _listen_or_say(early_path)
+        if listener is None:
+            return STATUS_START_ERROR
     try:
         args = parse_arguments(arguments)
     except ArgumentError as exc:
+        if listener is not None and early_path is not None:
+            _close(listener, early_path)
         print(f"vmkit-firecracker: error: {exc}", file=sys.stderr)
         return STATUS_START_ERROR
     if args.version:
@@ -107,19 +150,19 @@ def main(argv: list[str] | None = None) -> int:
 
         print(version_line())
         return 0
-    listener = None
-    if not args.no_api:
-        try:
-            listener = listen(args.api_sock)
-        except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            print(f"vmkit-firecracker: error: --api-sock {args.api_sock!r}: cannot listen there: {reason}",
-                  file=sys.stderr)
-            return STATUS_START_ERROR
+    if listener is not None and early_path is not None and (args.no_api or args.api_sock != early_path):
+        _close(listener, early_path)          # argparse read the line otherwise: it decides
+        listener = None
+        if not args.no_api:
+            listener = _listen_or_say(args.api_sock)
+            if listener is None:
+                return STATUS_START_ERROR
     set_process_name()
+    import socket
+
     from vmkit.api.firecracker.service import serve
 
-    return serve(args, listener)
+    return serve(args, None if listener is None else socket.socket(fileno=listener.detach()))
 
 
 def entry() -> NoReturn:
