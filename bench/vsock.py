@@ -123,8 +123,7 @@ def run_vmkit(launcher: str, guest: str, payloads: list[bytes], workdir: str) ->
     """One boot: the transfer's seconds and the VMM's CPU seconds during it."""
     path = f"{workdir}/vm.sock"
     cmdline = f"port={ECHO_PORT} streams={len(payloads)} timeout_s=300"
-    # virtio-rng beside it: the builder starts the I/O thread only for --device and --disk today
-    command = [*vmkit_command(launcher, guest), "--vsock", path, "--device", "virtio-rng", "--cmdline", cmdline]
+    command = [*vmkit_command(launcher, guest), "--vsock", path, "--cmdline", cmdline]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     console, errors = proc.stdout, proc.stderr
     assert console is not None and errors is not None

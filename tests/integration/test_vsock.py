@@ -140,9 +140,8 @@ def test_streams_echo_megabytes_and_the_guest_reaches_a_host_listener(short_dir)
     image = str(build_guest("vsock_echo"))
     cmdline = (f"port={ECHO_PORT} host_port={HOST_PORT} refused_port={NOBODY_PORT} out_bytes={OUT_BYTES} "
                f"streams={STREAMS} timeout_s=120 hostile=1")
-    # virtio-rng beside it: the builder starts the I/O thread only for --device and --disk today
     proc = subprocess.Popen(vmkit_command("run", "--kernel", image, "--memory", "64", "--cmdline", cmdline,
-                                          "--vsock", path, "--device", "virtio-rng"),
+                                          "--vsock", path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         console = Console(proc.stdout)
@@ -197,7 +196,7 @@ def test_a_machine_with_vsock_saves_and_restores_through_the_device_walk(machine
     from vmkit.devices.virtio.vsock.state import VsockState
 
     def config(name: str, cid: int = 3) -> dict:
-        return {"memory_mib": 64, "cmdline": f"streams=0 refused_port={NOBODY_PORT}", "devices": ("virtio-rng",),
+        return {"memory_mib": 64, "cmdline": f"streams=0 refused_port={NOBODY_PORT}",
                 "links": (VsockSpec(f"{short_dir}/{name}", cid),)}
 
     first, console = machine_factory("vsock_echo", **config("a"))

@@ -96,7 +96,7 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         pio, mmio = Bus("pio"), Bus("mmio")
         signal_msi: Callable[[int, int], None] = partial(_signal_msi, vm_fd)
         ioeventfd = kvm.check_extension(CAP_IOEVENTFD) > 0
-        if config.devices or disks:
+        if config.devices or disks or config.links:
             engine = IoEngine(lambda message, trace: end_vm(outcome.internal(message, trace)))
             if not ioeventfd:
                 notes.append("vmkit: this host's KVM has no ioeventfd, so virtio queue kicks exit to vmkit (slower)")
