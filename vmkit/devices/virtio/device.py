@@ -46,7 +46,8 @@ class VirtioDevice(Protocol):
     def config(self) -> bytes: ...
 
     def process(self, queue: Virtqueue, memory: GuestMemory) -> bool:
-        """Serve the queue's available chains; True if any was returned to the driver."""
+        """Serve the queue's available chains; True if any was returned to the driver. `queue.index`
+        says which of the device's queues it is (its place in queue_sizes)."""
         ...
 
     def reset(self) -> None: ...

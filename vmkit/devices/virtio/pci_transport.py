@@ -55,7 +55,7 @@ class VirtioPciDevice:
         self.device = device
         self.label = f"virtio-pci ({device.label})"
         self.memory = memory
-        self.queues = [Virtqueue(size) for size in device.queue_sizes]
+        self.queues = [Virtqueue(size, index) for index, size in enumerate(device.queue_sizes)]
         self._lock = threading.RLock()
         self.config = ConfigSpace(VIRTIO_VENDOR, 0x1040 + device.device_type, class_code, revision=1,
                                   subsystem_vendor=VIRTIO_VENDOR, subsystem=0x40)

@@ -61,8 +61,9 @@ class _Rings(NamedTuple):
 class Virtqueue:
     """Driver-side addresses and device-side indices of one queue."""
 
-    def __init__(self, max_size: int = MAX_QUEUE_SIZE) -> None:
+    def __init__(self, max_size: int = MAX_QUEUE_SIZE, index: int = 0) -> None:
         self.max_size = max_size
+        self.index = index              # which of its device's queues this is (rx, tx, ...)
         self.reset()
 
     def reset(self) -> None:
