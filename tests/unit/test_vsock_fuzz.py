@@ -72,7 +72,7 @@ def restart(guest: Guest) -> None:
     guest.device.reset()
     for name in ("rx", "tx"):
         old = getattr(guest, name)
-        fresh = Virtqueue(old.max_size)
+        fresh = Virtqueue(old.max_size, old.index)
         fresh.size, fresh.desc_table, fresh.avail_ring, fresh.used_ring = old.size, old.desc_table, old.avail_ring, \
             old.used_ring
         setattr(guest, name, fresh)

@@ -67,7 +67,8 @@ class Guest:
     def __init__(self, device: VirtioVsock, host: LoopHost | None) -> None:
         self.device, self.host = device, host
         self.memory = GuestMemory.create(MEMORY_BYTES)
-        self.rx, self.tx, self.event = Virtqueue(RX_QUEUE_SIZE), Virtqueue(TX_QUEUE_SIZE), Virtqueue(EVENT_QUEUE_SIZE)
+        self.rx, self.tx, self.event = (
+            Virtqueue(RX_QUEUE_SIZE, 0), Virtqueue(TX_QUEUE_SIZE, 1), Virtqueue(EVENT_QUEUE_SIZE, 2))
         for queue, (desc, avail, used) in ((self.rx, (RX_DESC, RX_AVAIL, RX_USED)),
                                            (self.tx, (TX_DESC, TX_AVAIL, TX_USED)),
                                            (self.event, (EV_DESC, EV_AVAIL, EV_USED))):

@@ -1,7 +1,6 @@
 """The virtio-vsock device (type 19; virtio 1.2, 5.10): three queues and a guest CID.
 
-The transport hands process() a queue, not its index, so the three queues have maximum sizes of
-their own and are told apart by them: rx RX_QUEUE_SIZE, tx TX_QUEUE_SIZE, event EVENT_QUEUE_SIZE.
+Three queues, told apart by their index: rx (0), tx (1) and event (2).
 
 - tx: each chain is one packet, a 44-byte header then `len` payload bytes, all device-readable. A
   chain with fewer than 44 device-readable bytes cannot be a packet: VirtqueueError (the transport
@@ -30,6 +29,7 @@ from vmkit.storage.disk import gather, scatter, slice_views
 
 DEVICE_TYPE = 19
 RX_QUEUE_SIZE, TX_QUEUE_SIZE, EVENT_QUEUE_SIZE = 256, 128, 16
+RX, TX, EVENT = 0, 1, 2                   # queue indices
 RX, TX, EVENT = 0, 1, 2
 EVENT_TRANSPORT_RESET = 0
 EVENT_BYTES = 4
@@ -87,11 +87,11 @@ class VirtioVsock:
             self._host.serve(RX)
 
     def process(self, queue: Virtqueue, memory: GuestMemory) -> bool:
-        if queue.max_size == TX_QUEUE_SIZE:
+        if queue.index == TX:
             served = self._transmit(queue, memory)
             self._wake_rx()
             return served
-        if queue.max_size == RX_QUEUE_SIZE:
+        if queue.index == RX:
             return self._receive(queue, memory)
         return self._send_event(queue, memory)
 
