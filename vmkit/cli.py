@@ -183,7 +183,12 @@ def build_parser() -> Parser:
                      help="where guest serial output goes: stdio (default), none or a file path")
     run.add_argument("--boot-protocol", choices=("pvh", "linux64"),
                      help="force a boot protocol (default: PVH when the ELF has the note, else linux64)")
-    run.add_argument("--device", "-d", action="append", default=[], metavar="TYPE",
+    run.add_argument("--detach", "-d", action="store_true",
+                     help="start the VM in the vmkit daemon (started if need be), print its name and return; "
+                          "its console goes to `vmkit logs NAME`")
+    run.add_argument("--name", metavar="NAME", help="with -d: the VM's name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, "
+                                                    "unique; default: generated)")
+    run.add_argument("--device", action="append", default=[], metavar="TYPE",
                      help="add a PCI device (repeatable): virtio-rng")
     run.add_argument("--disk", action="append", default=[], metavar="PATH[,OPTION...]",
                      help="a virtio-blk disk (repeatable: /dev/vda, /dev/vdb, ...): a raw or qcow2 image; "
@@ -232,6 +237,8 @@ def build_parser() -> Parser:
                                          parents=[common])
     disk_info.add_argument("path")
 
+    from vmkit.daemon.parsers import add_parsers
+    add_parsers(commands, common)
     commands.add_parser("guests", help="list the built-in guest programs", parents=[common])
     build = commands.add_parser("build-guest", help="build a built-in guest and print its image path",
                                 parents=[common])
@@ -264,6 +271,7 @@ def main(argv: Sequence[str] | None = None, *, keep_signal_handlers: bool = Fals
             stops.install()
             args = build_parser().parse_args(arguments)
             args.debug = debug                 # given before or after the subcommand
+            args.arguments = arguments
             return _dispatch(args, stops)
         except StartError as exc:
             stops.decided()
@@ -315,6 +323,15 @@ def _dispatch(args: argparse.Namespace, stops: StopSignals) -> int:
             raise StartError(str(exc)) from None
         output(str(path))
         return 0
+    from vmkit.daemon.parsers import COMMANDS
+    if args.command in COMMANDS:
+        from vmkit.daemon.commands import dispatch
+        return dispatch(args)
+    if args.detach:
+        from vmkit.daemon.commands import run_detached
+        return run_detached(args, args.arguments[args.arguments.index("run") + 1:])
+    if args.name is not None:
+        raise StartError("--name names a detached VM: use it with -d")
     return run_vm(args, stops)
 
 
@@ -430,10 +447,6 @@ class RunPlan(NamedTuple):
 
 
 def run_vm(args: argparse.Namespace, stops: StopSignals) -> int:
-    from vmkit.arch.x86.errors import BootError
-    from vmkit.kvm.errors import KvmError
-    from vmkit.vmm.builder import build_machine
-    from vmkit.vmm.config import ConfigError
     from vmkit.vmm.console import ConsoleInput
 
     quiet = args.quiet
@@ -444,12 +457,7 @@ def run_vm(args: argparse.Namespace, stops: StopSignals) -> int:
     profiler = None
     result = None
     try:
-        try:
-            machine = build_machine(plan.config)
-        except BootError as exc:
-            raise StartError(f"{plan.config.kernel_name}: {exc}") from None
-        except (KvmError, ConfigError) as exc:
-            raise StartError(str(exc)) from None
+        machine = build_planned_machine(plan)
         for notice in [*notices, *machine.notes] if not quiet else ():
             say(notice)
         stops.running()
@@ -478,13 +486,34 @@ def run_vm(args: argparse.Namespace, stops: StopSignals) -> int:
     stops.decided()
     if result.kind == "internal":
         return report_bug(result.message, result.detail, args.debug)
-    report = (lambda message: None) if quiet else say
+    status, message = run_exit_status(plan, result)
+    if not quiet:
+        say(f"vmkit: {message}")
+    return status
+
+
+def build_planned_machine(plan: RunPlan) -> Machine:
+    """Build the machine `resolve_run` planned; what keeps it from being built is a StartError."""
+    from vmkit.arch.x86.errors import BootError
+    from vmkit.kvm.errors import KvmError
+    from vmkit.vmm.builder import build_machine
+    from vmkit.vmm.config import ConfigError
+
+    try:
+        return build_machine(plan.config)
+    except BootError as exc:
+        raise StartError(f"{plan.config.kernel_name}: {exc}") from None
+    except (KvmError, ConfigError) as exc:
+        raise StartError(str(exc)) from None
+
+
+def run_exit_status(plan: RunPlan, result: outcome.Outcome) -> tuple[int, str]:
+    """The exit status of a run that ended with `result`, and the line that says why: an image's
+    command's own status when its init reported one, else the outcome's."""
     marker = plan.marker
     if marker is not None and marker.status is not None and result.kind in ("poweroff", "reset"):
-        report(f"vmkit: the command exited with status {marker.status}; {result.message}")
-        return marker.status
-    report(f"vmkit: {result.message} (exit status {result.status})")
-    return result.status
+        return marker.status, f"the command exited with status {marker.status}; {result.message}"
+    return result.status, f"{result.message} (exit status {result.status})"
 
 
 def _write_profile(profiler: object, kernel: bytes, path: str) -> None:

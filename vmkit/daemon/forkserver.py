@@ -1,0 +1,168 @@
+"""The fork server: one process that has imported vmkit and forks a VM process per request.
+
+The daemon starts it with one end of a SOCK_SEQPACKET socket pair. Each request is one message,
+{"dir": STATE_DIR, "args": [...], "cwd": DIR}; the answer is one message carrying the read end of a
+pipe on which the new VM process reports "ok PID" or "error MESSAGE" (vm_process.py). The VM process
+is forked twice and starts a session of its own, so it belongs to neither the fork server nor the
+daemon's terminal: the daemon, a child subreaper, adopts it and reaps it. The fork server runs no
+threads (a fork copies only the calling thread), and ends when the daemon's end of the pair closes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+MAX_REQUEST = 1 << 20
+SPAWN_TIMEOUT_SECONDS = 10.0
+
+
+def warm() -> None:
+    """Import what every VM process needs, so no VM pays for it."""
+    import vmkit.cli  # noqa: F401
+    import vmkit.daemon.vm_process  # noqa: F401
+    import vmkit.guest  # noqa: F401
+    import vmkit.vmm.builder  # noqa: F401
+    import vmkit.vmm.console  # noqa: F401
+    import vmkit.vmm.guest_profiler  # noqa: F401
+    from vmkit.vmm.host import host_kind
+
+    host_kind()
+
+
+def _fork_vm(channel: socket.socket, request: dict[str, object]) -> int:
+    """Fork the VM process for `request`; the read end of its report pipe."""
+    from vmkit.daemon import vm_process
+    from vmkit.daemon.vmdir import VmDir
+
+    directory, args, cwd = request.get("dir"), request.get("args"), request.get("cwd")
+    if not (isinstance(directory, str) and isinstance(cwd, str) and isinstance(args, list)
+            and all(isinstance(arg, str) for arg in args)):
+        raise ValueError("malformed fork request")
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:                                    # the intermediate: a new session, then gone
+        try:
+            channel.close()
+            os.close(read_end)
+            os.setsid()
+            if os.fork() == 0:
+                vm_process.main(VmDir(Path(directory)), list(args), cwd, write_end)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    return read_end
+
+
+def serve(channel: socket.socket) -> None:
+    while True:
+        try:
+            message = channel.recv(MAX_REQUEST)
+        except InterruptedError:
+            continue
+        if not message:
+            return                                    # the daemon is gone
+        try:
+            request = json.loads(message)
+            if not isinstance(request, dict):
+                raise ValueError("a fork request is a JSON object")
+            report = _fork_vm(channel, request)
+        except (ValueError, OSError) as exc:
+            channel.send(json.dumps({"error": str(exc)}).encode())
+            continue
+        try:
+            socket.send_fds(channel, [b'{"ok": true}'], [report])
+        finally:
+            os.close(report)
+
+
+def main() -> None:
+    from vmkit.daemon.vm_process import set_process_name
+
+    set_process_name("vmkit-forksrv")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = socket.socket(fileno=int(sys.argv[1]))
+    warm()
+    channel.send(b'{"ready": true}')
+    serve(channel)
+
+
+class ForkServer:
+    """The daemon's handle on its fork server: started on first use, started again if it died."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._channel: socket.socket | None = None
+        self.pid: int | None = None
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            theirs.set_inheritable(True)
+            self.pid = os.posix_spawn(sys.executable,
+                                      [sys.executable, "-m", "vmkit.daemon.forkserver", str(theirs.fileno())],
+                                      dict(os.environ), setsid=True)
+        finally:
+            theirs.close()
+        ours.settimeout(60.0)                 # the first start imports everything
+        if ours.recv(64) != b'{"ready": true}':
+            ours.close()
+            raise OSError("the fork server did not start")
+        ours.settimeout(SPAWN_TIMEOUT_SECONDS)
+        self._channel = ours
+
+    def ensure_started(self) -> None:
+        with self._lock:
+            if self._channel is None:
+                self._start()
+
+    def died(self, pid: int) -> None:
+        """The reaper saw fork server `pid` end: unless one was started since, the next request
+        starts a new one."""
+        with self._lock:
+            if pid != self.pid:
+                return
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+            self.pid = None
+
+    def spawn(self, directory: Path, args: list[str], cwd: str) -> int:
+        """Fork a VM process; the read end of its report pipe (the caller closes it)."""
+        message = json.dumps({"dir": str(directory), "args": args, "cwd": cwd}).encode()
+        with self._lock:
+            for _attempt in range(2):
+                if self._channel is None:
+                    self._start()
+                channel = self._channel
+                assert channel is not None
+                try:
+                    channel.send(message)
+                    answer, fds, _, _ = socket.recv_fds(channel, 4096, 1)
+                except OSError:
+                    answer, fds = b"", []
+                if answer and fds:
+                    return fds[0]
+                for fd in fds:
+                    os.close(fd)
+                if answer:
+                    raise OSError(json.loads(answer).get("error", "the fork server refused the request"))
+                channel.close()                           # it died: start another and ask once more
+                self._channel = None
+            raise OSError("the fork server died while forking the VM process")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The process that runs one VM for the daemon, forked by the fork server.
+
+It resolves the `vmkit run` arguments exactly as a foreground run does (cli.resolve_run), sends the
+guest's console to console.log, serves control.sock (pause, resume, stop, status), says "ok PID" or
+"error MESSAGE" on the report pipe once the VM runs or cannot, and writes exit.json when it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from types import FrameType
+from typing import NoReturn
+
+from vmkit import cli
+from vmkit.daemon.control import ControlServer
+from vmkit.daemon.vmdir import VmDir
+from vmkit.vmm import outcome
+from vmkit.vmm.machine import Machine
+
+STOP_REQUESTED = outcome.signalled("a stop request", outcome.STATUS_SIGTERM)
+POLL_SECONDS = 0.05
+
+
+def set_process_name(name: str) -> None:
+    """The name ps and top show (15 bytes at most)."""
+    try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(name[:15])
+    except OSError:
+        pass
+
+
+def _redirect_stdio(vmdir: VmDir) -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(vmdir.vmm_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+
+
+def _report(fd: int, line: str) -> None:
+    try:
+        os.write(fd, line.encode(errors="replace") + b"\n")
+    except OSError:
+        pass                                   # the daemon stopped listening: the VM goes on
+
+
+class VmProcess:
+    def __init__(self, vmdir: VmDir, argv: list[str], cwd: str) -> None:
+        self.vmdir = vmdir
+        self.argv = argv
+        self.cwd = cwd
+        self.stop_requested = threading.Event()
+        self.machine: Machine | None = None
+
+    def prepare(self) -> tuple[cli.RunPlan, list[str], object]:
+        """Resolve the options (a StartError says what is wrong); the plan, notices and arguments."""
+        try:
+            os.chdir(self.cwd)
+        except OSError as exc:
+            raise cli.StartError(f"cannot enter the working directory {self.cwd!r}: {exc.strerror}") from None
+        args = cli.build_parser().parse_args(["run", *self.argv])
+        if args.console != "stdio":
+            raise cli.StartError("--console: a detached VM's console goes to its log (`vmkit logs`)")
+        args.console = str(self.vmdir.console_log)
+        notices: list[str] = []
+        return cli.resolve_run(args, notices.append), notices, args
+
+    def act(self, op: str) -> str:
+        machine = self.machine
+        assert machine is not None
+        if op == "pause":
+            machine.pause()
+        elif op == "resume":
+            machine.resume()
+        elif op == "stop":
+            self.stop_requested.set()
+            return "stopping"
+        return machine.state.value
+
+    def run(self, report_fd: int) -> int:
+        try:
+            plan, notices, args = self.prepare()
+            self.machine = machine = cli.build_planned_machine(plan)
+            config = plan.config
+            self.vmdir.record_machine({"kernel": config.kernel_name, "cmdline": config.cmdline,
+                                       "vcpus": config.vcpus, "memory_mib": config.memory_mib,
+                                       "devices": list(config.devices),
+                                       "disks": [disk.path for disk in config.disks]})
+        except cli.StartError as exc:
+            _report(report_fd, f"error {exc}")
+            return outcome.STATUS_START_ERROR
+        control = ControlServer(self.vmdir.control_socket, self.act)
+        profiler = None
+        result = None
+        try:
+            for notice in [*notices, *machine.notes]:
+                print(notice, file=sys.stderr, flush=True)
+            machine.start()
+            control.start()
+            profile_path = getattr(args, "profile_guest", None)
+            if profile_path:
+                from vmkit.vmm.guest_profiler import GuestProfiler
+                profiler = GuestProfiler()
+                machine.attach_profiler(profiler)
+            _report(report_fd, f"ok {os.getpid()}")
+            os.close(report_fd)
+            while result is None:
+                if self.stop_requested.is_set():
+                    machine.stop(STOP_REQUESTED)
+                result = machine.wait(POLL_SECONDS)
+        finally:
+            control.close()
+            if profiler is not None:
+                profiler.stop()
+                cli._write_profile(profiler, plan.kernel, str(profile_path))
+            machine.close()
+            plan.output.close()
+        if result.kind == "internal":
+            print(f"{result.message}\n{result.detail}", file=sys.stderr, flush=True)
+        status, message = cli.run_exit_status(plan, result)
+        self.vmdir.record_exit(status, result.kind, message, time.time())
+        return status
+
+
+def main(vmdir: VmDir, argv: list[str], cwd: str, report_fd: int) -> NoReturn:
+    """The VM process's whole life, in the grandchild of the fork server; never returns."""
+    status = outcome.STATUS_INTERNAL_ERROR
+    try:
+        set_process_name(f"vmkit-vm {vmdir.name}")
+        _redirect_stdio(vmdir)
+        vmdir.write_pid(os.getpid())
+        process = VmProcess(vmdir, argv, cwd)
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            process.stop_requested.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        status = process.run(report_fd)
+    except BaseException as exc:
+        _report(report_fd, f"error internal error: {type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        vmdir.record_exit(status, "internal", f"internal error: {type(exc).__name__}: {exc}", time.time())
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
