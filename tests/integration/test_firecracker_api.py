@@ -206,6 +206,11 @@ def test_every_bad_request_is_a_400_that_names_the_problem_and_the_server_goes_o
         assert expected in message, (method, path, message)
         assert api.ok("GET", "/")["state"] == "Not started"
     assert api.ok("GET", "/vm/config") == before               # nothing that failed changed anything
+    # A boot source that is no kernel is found out at InstanceStart; the VM stays unstarted.
+    api.ok("PUT", "/boot-source", {"kernel_image_path": str(other)})
+    message = api.fault("PUT", "/actions", {"action_type": "InstanceStart"})
+    assert message.startswith("PUT /actions: InstanceStart: kernel_image_path") and str(other) in message
+    assert api.ok("GET", "/")["state"] == "Not started"
     assert len(api.sockets) == 1
     assert vm.process.poll() is None
 
@@ -298,14 +303,20 @@ def test_config_file_with_no_api_boots_a_drive_and_exits_with_the_guest_status(t
 
 def test_config_file_with_the_api_starts_at_once_and_serves(firecracker, tmp_path):
     path = tmp_path / "vm.json"
+    vsock = tmp_path / "v.sock"
     path.write_text(json.dumps({"boot-source": {"kernel_image_path": ECHO},
-                                "machine-config": {"vcpu_count": 2, "mem_size_mib": 32}}))
+                                "machine-config": {"vcpu_count": 2, "mem_size_mib": 32},
+                                "vsock": {"guest_cid": 5, "uds_path": str(vsock)}, "entropy": {}}))
     sock = str(tmp_path / "api.sock")
     vm = firecracker("--api-sock", sock, "--config-file", str(path), "--boot-timer", "--level", "info")
     api = vm.wait_for_socket(sock)
     vm.wait_for_output("READY")
     assert api.ok("GET", "/")["state"] == "Running"
     assert api.ok("GET", "/machine-config")["vcpu_count"] == 2
+    config = api.ok("GET", "/vm/config")
+    assert config["vsock"] == {"guest_cid": 5, "uds_path": str(vsock), "vsock_id": None}
+    assert config["entropy"] == {"rate_limiter": None}
+    assert vsock.is_socket()                                  # the vsock device listens for the host
     vm.send(b"from the file\n")
     assert vm.wait() == 1
     assert "ECHO from the file" in vm.stdout
@@ -371,11 +382,10 @@ def test_a_network_interface_is_a_tap_with_rate_limits_changed_while_running(fir
         rx = {"bandwidth": {"size": 10000, "refill_time": 100}}
         api.ok("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": name,
                                                    "guest_mac": "06:00:AC:10:00:02", "rx_rate_limiter": rx})
-        api.ok("PUT", "/vsock", {"guest_cid": 7, "uds_path": str(tmp_path / "v.sock")})
-        api.ok("PUT", "/entropy", {})
         api.ok("PUT", "/actions", {"action_type": "InstanceStart"})
         vm.wait_for_output("READY")
-        assert (tmp_path / "v.sock").is_socket()              # the vsock device listens for the host
+        fdinfo = Path(f"/proc/{vm.process.pid}/fdinfo")
+        assert any(f"iff:\t{name}\n" in entry.read_text() for entry in fdinfo.iterdir())   # the tap is open
         [interface] = api.ok("GET", "/vm/config")["network-interfaces"]
         assert interface["rx_rate_limiter"] == {"bandwidth": {"size": 10000, "refill_time": 100, "one_time_burst": 0}}
         assert interface["tx_rate_limiter"] is None
