@@ -358,16 +358,34 @@ def test_command_line_errors(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["taken.sock"]   # no socket left behind
 
 
-def test_a_stop_signal_ends_a_running_vm_with_its_status(firecracker, tmp_path):
+def test_a_stop_signal_ends_a_running_vm_and_the_log_and_metrics_files_tell(firecracker, tmp_path):
     sock = str(tmp_path / "api.sock")
-    vm = firecracker("--api-sock", sock)
-    api = vm.wait_for_socket(sock)
-    api.ok("PUT", "/boot-source", {"kernel_image_path": ECHO})
-    api.ok("PUT", "/actions", {"action_type": "InstanceStart"})
-    vm.wait_for_output("READY")
-    vm.process.send_signal(signal.SIGTERM)
-    assert vm.wait() == 128 + signal.SIGTERM
+    log, metrics = tmp_path / "fc.log", tmp_path / "fc.metrics"
+    log.write_text("")
+    os.mkfifo(metrics)
+    metrics_reader = os.open(metrics, os.O_RDONLY | os.O_NONBLOCK)     # a FIFO, as SDKs give it
+    try:
+        vm = firecracker("--api-sock", sock, "--id", "logged", "--log-path", str(log), "--level", "Debug",
+                         "--show-level", "--metrics-path", str(metrics))
+        api = vm.wait_for_socket(sock)
+        api.ok("PUT", "/boot-source", {"kernel_image_path": ECHO})
+        api.fault("PUT", "/vsock", {"guest_cid": 1, "uds_path": "x"})
+        api.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+        vm.wait_for_output("READY")
+        vm.process.send_signal(signal.SIGTERM)
+        assert vm.wait() == 128 + signal.SIGTERM
+        flushed = [json.loads(line) for line in os.read(metrics_reader, 65536).decode().splitlines()]
+    finally:
+        os.close(metrics_reader)
     assert not os.path.exists(sock)
+    lines = log.read_text().splitlines()
+    assert any(line.endswith(f"[logged:main:INFO] API server listening on {sock}") for line in lines)
+    assert any("[logged:main:DEBUG] PUT /boot-source: 204" in line for line in lines)
+    assert any("[logged:main:WARNING] PUT /vsock: 400" in line and "guest_cid" in line for line in lines)
+    assert any("stopped by SIGTERM (exit status 143)" in line for line in lines)
+    assert vm.stderr == ""                                     # the log went to its file
+    [last] = flushed                                           # written once, as the VM ended
+    assert last["put_api_requests"] == {"boot_source_count": 1, "vsock_fails": 1, "actions_count": 1}
 
 
 @pytest.mark.skipif(not CAN_MAKE_TAP, reason="making a tap needs root and /dev/net/tun")
