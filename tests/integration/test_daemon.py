@@ -358,6 +358,7 @@ def _post(target: str, body: bytes, method: str = "POST") -> bytes:
 
 def test_bad_requests_get_400_and_the_daemon_keeps_serving(daemon):
     daemon.ok("run", "-d", "-g", "hello", "--name", "there")
+    daemon.wait_state("there", "exited")
     cases = [
         (b"NOT HTTP AT ALL\r\n\r\n", "malformed"),
         (_post("/nowhere", b""), "no such endpoint"),

@@ -10,6 +10,7 @@ threads (a fork copies only the calling thread), and ends when the daemon's end 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -23,16 +24,20 @@ SPAWN_TIMEOUT_SECONDS = 10.0
 
 
 def warm() -> None:
-    """Import what every VM process needs, so no VM pays for it."""
-    import vmkit.cli  # noqa: F401
-    import vmkit.daemon.vm_process  # noqa: F401
+    """Import what every VM process needs and build the argument parser, so no VM pays for them;
+    then freeze the heap out of the garbage collector's reach, so a VM process's collections do not
+    touch (and copy) the pages it shares with the fork server."""
     import vmkit.guest  # noqa: F401
     import vmkit.vmm.builder  # noqa: F401
     import vmkit.vmm.console  # noqa: F401
     import vmkit.vmm.guest_profiler  # noqa: F401
+    from vmkit.daemon.vm_process import run_parser
     from vmkit.vmm.host import host_kind
 
     host_kind()
+    run_parser()
+    gc.collect()
+    gc.freeze()
 
 
 def _fork_vm(channel: socket.socket, request: dict[str, object]) -> int:

@@ -24,6 +24,14 @@ from vmkit.vmm.machine import Machine
 
 STOP_REQUESTED = outcome.signalled("a stop request", outcome.STATUS_SIGTERM)
 POLL_SECONDS = 0.05
+_parsers: list[cli.Parser] = []          # built once in the fork server, used by every VM process
+
+
+def run_parser() -> cli.Parser:
+    """`vmkit`'s parser, built on first use (argparse is slow to build and reusable)."""
+    if not _parsers:
+        _parsers.append(cli.build_parser())
+    return _parsers[0]
 
 
 def set_process_name(name: str) -> None:
@@ -66,7 +74,7 @@ class VmProcess:
             os.chdir(self.cwd)
         except OSError as exc:
             raise cli.StartError(f"cannot enter the working directory {self.cwd!r}: {exc.strerror}") from None
-        args = cli.build_parser().parse_args(["run", *self.argv])
+        args = run_parser().parse_args(["run", *self.argv])
         if args.console != "stdio":
             raise cli.StartError("--console: a detached VM's console goes to its log (`vmkit logs`)")
         args.console = str(self.vmdir.console_log)
