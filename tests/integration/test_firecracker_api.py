@@ -279,6 +279,22 @@ def test_the_socket_takes_connections_before_the_server_has_loaded(tmp_path):
     print(f"exec -> connect accepted {ready * 1000:.0f} ms, -> GET / answered {answered * 1000:.0f} ms")
 
 
+def test_a_stop_signal_while_the_server_loads_removes_the_socket(tmp_path):
+    sock = str(tmp_path / "api.sock")
+    process = subprocess.Popen([*PROGRAM, "--api-sock", sock], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.0005)
+        process.send_signal(signal.SIGTERM)                 # most likely while it still imports
+        assert process.wait(30) == 128 + signal.SIGTERM
+    finally:
+        process.kill()
+    assert not os.path.exists(sock)
+
+
 def test_config_file_with_no_api_boots_a_drive_and_exits_with_the_guest_status(tmp_path):
     disk = tmp_path / "disk.img"
     from tests.integration.test_guest_blk import CAPACITY, HOST_TAG, pattern

@@ -25,6 +25,7 @@ LISTEN_BACKLOG = 128
 STATUS_START_ERROR = 125             # as vmkit.vmm.outcome, without importing it before listening
 PROCESS_NAME = b"firecracker"
 PR_SET_NAME = 15
+STOP_SIGNALS = (1, 2, 15)            # SIGHUP, SIGINT, SIGTERM (the signal module is loaded later)
 
 
 class ArgumentError(Exception):
@@ -87,12 +88,21 @@ def early_socket_path(argv: list[str]) -> str | None:
     return path
 
 
-def listen(path: str) -> _socket.socket:
+def listen(path: str, bound: list[str] | None = None) -> _socket.socket:
     """Bind and listen on a new Unix socket at `path` (an existing file there is an error, as in
-    Firecracker: a socket left by a process that is gone is the caller's to remove)."""
+    Firecracker: a socket left by a process that is gone is the caller's to remove). The path goes
+    into `bound` as soon as the file is there."""
+    import signal
+
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
-        sock.bind(path)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)   # the file and `bound` agree
+        try:
+            sock.bind(path)
+            if bound is not None:
+                bound.append(path)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         sock.listen(LISTEN_BACKLOG)
     except BaseException:
         sock.close()
@@ -100,18 +110,38 @@ def listen(path: str) -> _socket.socket:
     return sock
 
 
-def _listen_or_say(path: str) -> _socket.socket | None:
+def _listen_or_say(path: str, bound: list[str]) -> _socket.socket | None:
     """listen(path), or None once the reason it cannot is on standard error."""
     try:
-        return listen(path)
+        return listen(path, bound)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"vmkit-firecracker: error: --api-sock {path!r}: cannot listen there: {reason}", file=sys.stderr)
         return None
 
 
-def _close(sock: _socket.socket, path: str) -> None:
+def _end_on_stop_signals(bound: list[str]) -> None:
+    """Until the service installs its own handlers: a stop signal removes the sockets in `bound`
+    and ends the process (128 + n), so none is left behind by a client that gives up while the
+    server loads."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        for path in bound:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        os._exit(128 + signum)
+
+    for signum in STOP_SIGNALS:
+        if signum != signal.SIGHUP or signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, stop)
+
+
+def _close(sock: _socket.socket, path: str, bound: list[str]) -> None:
     """Undo listen(): the socket closed and its file removed."""
+    bound.remove(path)
     sock.close()
     try:
         os.unlink(path)
@@ -133,16 +163,18 @@ def set_process_name() -> None:
 def main(argv: list[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     early_path = early_socket_path(arguments)
+    bound: list[str] = []                      # the socket files this process made
+    _end_on_stop_signals(bound)
     listener = None
     if early_path is not None:
-        listener = _listen_or_say(early_path)
+        listener = _listen_or_say(early_path, bound)
         if listener is None:
             return STATUS_START_ERROR
     try:
         args = parse_arguments(arguments)
     except ArgumentError as exc:
         if listener is not None and early_path is not None:
-            _close(listener, early_path)
+            _close(listener, early_path, bound)
         print(f"vmkit-firecracker: error: {exc}", file=sys.stderr)
         return STATUS_START_ERROR
     if args.version:
@@ -151,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         print(version_line())
         return 0
     if listener is not None and early_path is not None and (args.no_api or args.api_sock != early_path):
-        _close(listener, early_path)          # argparse read the line otherwise: it decides
+        _close(listener, early_path, bound)   # argparse read the line otherwise: it decides
         listener = None
         if not args.no_api:
-            listener = _listen_or_say(args.api_sock)
+            listener = _listen_or_say(args.api_sock, bound)
             if listener is None:
                 return STATUS_START_ERROR
     set_process_name()
