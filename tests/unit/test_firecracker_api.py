@@ -224,6 +224,21 @@ def test_the_server_keeps_connections_alive_and_bounds_bodies(served):
     assert again.ok("GET", "/version") == {"firecracker_version": "1.7.0"}
 
 
+def test_a_client_that_expects_100_continue_gets_it_or_an_early_400(served):
+    body = json.dumps({"level": "Debug", "show_level": True}).encode()
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(10)
+        client.connect(served)
+        client.sendall(b"PUT /logger HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(body))
+        assert client.recv(4096) == b"HTTP/1.1 100 \r\n\r\n"
+        client.sendall(body)
+        assert client.recv(4096).startswith(b"HTTP/1.1 204 ")
+        client.sendall(b"PUT /logger HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n")
+        answer = client.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"larger than the limit of 1024" in answer
+
+
 def test_a_client_that_vanishes_mid_request_leaves_the_server_serving(served):
     for partial in (b"PUT /logger HTTP/1.1\r\nContent-Length: 100\r\n\r\n{", b"GET / HT", b"\x00\xff\r\n\r\n"):
         with socket.socket(socket.AF_UNIX) as client:

@@ -149,11 +149,14 @@ class UnixHttpServer:
                     self._fail(connection, f"the request's line and headers are over {MAX_HEADER_BYTES} bytes")
                     return
                 length = _content_length(event)
+                waiting = http.they_are_waiting_for_100_continue    # curl asks before a body over 1 KiB
                 if length is not None and length > self._max_body:
-                    if length > DISCARD_LIMIT:
+                    if length > DISCARD_LIMIT or waiting:        # refused before the body is sent
                         self._fail(connection, _too_large(length, self._max_body))
                         return
                     connection.refused = _too_large(length, self._max_body)
+                elif waiting:
+                    connection.sock.sendall(http.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
             elif isinstance(event, h11.Data):
                 # A body over the limit is read to its end and dropped, so that the client, still
                 # sending, is not cut off before it can read the 400.
