@@ -123,7 +123,7 @@ def _print_table(vms: list[dict[str, Any]]) -> None:
 
         table = Table(box=None, header_style="bold")
         for column in COLUMNS:
-            table.add_column(column)
+            table.add_column(column, no_wrap=True, overflow="ellipsis")
         for row in rows:
             style = STATE_STYLES.get(row[1], "")
             table.add_row(*row[:1], f"[{style}]{row[1]}[/]" if style else row[1], *row[2:])

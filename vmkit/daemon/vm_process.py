@@ -124,6 +124,7 @@ class VmProcess:
                 if self.stop_requested.is_set():
                     machine.stop(STOP_REQUESTED)
                 result = machine.wait(POLL_SECONDS)
+            ended = time.time()                   # the guest's end, before the teardown
         finally:
             control.close()
             if profiler is not None:
@@ -134,7 +135,7 @@ class VmProcess:
         if result.kind == "internal":
             print(f"{result.message}\n{result.detail}", file=sys.stderr, flush=True)
         status, message = cli.run_exit_status(plan, result)
-        self.vmdir.record_exit(status, result.kind, message, time.time())
+        self.vmdir.record_exit(status, result.kind, message, ended)
         return status
 
 
