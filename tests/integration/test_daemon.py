@@ -135,6 +135,10 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _rss_kib(pid: int) -> int:
+    return int(re.search(r"^VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)[1])
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -316,6 +320,7 @@ def test_fifty_vms_started_and_removed_leave_nothing_behind(daemon):
     client.request("DELETE", f"/vms/{client.request('GET', '/vms?all=1')[0]['name']}?force=1")
     time.sleep(0.3)                                   # the connections' threads finish
     baseline = (_fds(daemon_pid), _fds(forkserver), sorted(_children(daemon_pid)))
+    memory = (_rss_kib(daemon_pid), _rss_kib(forkserver))
     for index in range(50):
         program = "serial_echo" if index % 10 == 0 else "hello"
         vm = client.request("POST", "/vms", {"name": f"loop{index}", "args": ["-g", program], "cwd": "/"})
@@ -331,6 +336,8 @@ def test_fifty_vms_started_and_removed_leave_nothing_behind(daemon):
     time.sleep(0.3)
     assert (_fds(daemon_pid), _fds(forkserver), sorted(_children(daemon_pid))) == baseline
     assert _children(forkserver) == []
+    assert _rss_kib(daemon_pid) - memory[0] < 8 * 1024        # the bounded event log, no more
+    assert _rss_kib(forkserver) - memory[1] < 1024
 
 
 def _raw(path: Path, data: bytes) -> tuple[int, dict]:

@@ -257,7 +257,10 @@ class Registry:
 
     def logs(self, name: str, follow: bool) -> Iterator[bytes]:
         vm = self._get(name)
-        log = open(vm.dir.console_log, "rb")    # open now: a missing VM is a 404, not half a stream
+        try:
+            log = open(vm.dir.console_log, "rb")    # open now: a missing VM is a 404, not half a stream
+        except OSError:
+            raise ApiError(404, f"VM {name!r} has no console log (removed meanwhile?)") from None
 
         def chunks() -> Iterator[bytes]:
             with log:
