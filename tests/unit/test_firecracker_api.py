@@ -15,7 +15,13 @@ import pytest
 
 from tests.firecracker_client import Api
 from vmkit.api.firecracker import models
-from vmkit.api.firecracker.main import DEFAULT_API_SOCK, ArgumentError, early_socket_path, parse_arguments
+from vmkit.api.firecracker.main import (
+    DEFAULT_API_SOCK,
+    ArgumentError,
+    early_socket_path,
+    listen,
+    parse_arguments,
+)
 from vmkit.api.firecracker.microvm import DEFAULT_BOOT_ARGS, ApiError, MicroVm
 from vmkit.api.firecracker.routes import Routes, fault
 from vmkit.api.firecracker.service import StartError, apply_config_file
@@ -371,3 +377,27 @@ def test_a_config_file_puts_each_object_as_the_api_would(log, tmp_path, disk):
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(StartError, match="not JSON"):
         apply_config_file(vm, str(path))
+
+
+def test_the_api_socket_appears_only_once_it_listens_and_never_replaces_a_file(tmp_path):
+    path = str(tmp_path / "api.sock")
+    bound: list[str] = []
+    sock = listen(path, bound)
+    try:
+        assert bound == [path] and os.listdir(tmp_path) == ["api.sock"]    # no staging name left
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+        with pytest.raises(OSError, match="Address already in use"):
+            listen(path, bound)
+        assert bound == [path]
+    finally:
+        sock.close()
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    with pytest.raises(OSError):
+        listen(str(taken))
+    assert taken.read_text() == "mine"
+    long_path = str(tmp_path / ("x" * (100 - len(str(tmp_path)))))   # fits an address; its staging name does not
+    sock = listen(long_path)
+    sock.close()
+    assert os.path.exists(long_path)

@@ -11,6 +11,7 @@ else is in service.py.
 from __future__ import annotations
 
 import _socket
+import errno
 import os
 import sys
 from typing import TYPE_CHECKING, NoReturn
@@ -22,6 +23,7 @@ DEFAULT_API_SOCK = "/run/firecracker.socket"
 DEFAULT_ID = "anonymous-instance"
 DEFAULT_MAX_PAYLOAD = 51200          # Firecracker's default limit on a request body, in bytes
 LISTEN_BACKLOG = 128
+SUN_PATH_MAX = 107                   # a Unix socket address's path, less its terminating zero
 STATUS_START_ERROR = 125             # as vmkit.vmm.outcome, without importing it before listening
 PROCESS_NAME = b"firecracker"
 PR_SET_NAME = 15
@@ -89,21 +91,57 @@ def early_socket_path(argv: list[str]) -> str | None:
 
 
 def listen(path: str, bound: list[str] | None = None) -> _socket.socket:
-    """Bind and listen on a new Unix socket at `path` (an existing file there is an error, as in
-    Firecracker: a socket left by a process that is gone is the caller's to remove). The path goes
-    into `bound` as soon as the file is there."""
+    """A new Unix socket listening at `path`; the path goes into `bound` once it is there.
+
+    The file appears only once the socket listens (so a client that polls for it and connects at
+    once is never refused): the socket is bound and listens under a name of its own beside `path`,
+    then hard-linked to `path`, which fails if anything is there already, as Firecracker's bind
+    does (a socket left by a process that is gone is the caller's to remove). Where no such name
+    fits a socket address or the file system has no hard links, it binds `path` itself.
+    """
     import signal
 
+    staging = f"{path}.{os.getpid()}.listening"
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)   # the file and `bound` agree
+    try:
+        sock = _bind_staged(path, staging) if len(os.fsencode(staging)) <= SUN_PATH_MAX else None
+        if sock is None:
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+            try:
+                sock.bind(path)
+                sock.listen(LISTEN_BACKLOG)
+            except BaseException:
+                sock.close()
+                raise
+        if bound is not None:
+            bound.append(path)
+        return sock
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _bind_staged(path: str, staging: str) -> _socket.socket | None:
+    """A socket listening at `staging`, linked to `path`; None when the file system cannot link it."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)   # the file and `bound` agree
         try:
-            sock.bind(path)
-            if bound is not None:
-                bound.append(path)
+            os.unlink(staging)                # left by an earlier process with this pid
+        except FileNotFoundError:
+            pass
+        sock.bind(staging)
+        try:
+            sock.listen(LISTEN_BACKLOG)
+            os.link(staging, path)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        sock.listen(LISTEN_BACKLOG)
+            os.unlink(staging)
+    except FileExistsError:
+        sock.close()
+        raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE)) from None
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            return None
+        raise
     except BaseException:
         sock.close()
         raise
