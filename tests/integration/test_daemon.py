@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from vmkit.daemon.client import Client, DaemonError
+from vmkit.daemon.commands import COLUMNS
 from vmkit.daemon.vmdir import VmDir, process_start_time
 
 pytestmark = pytest.mark.timeout(180)
@@ -129,6 +130,13 @@ def _children(pid: int) -> list[int]:
             if re.search(rf"^PPid:\s+{pid}$", status, re.M):
                 found.append(int(entry.name))
     return found
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _fds(pid: int) -> int:
@@ -284,12 +292,19 @@ def test_the_cli_starts_the_daemon_on_demand():
     env.pop("VMKIT_DAEMON_SOCKET", None)
     socket_path = root / "vmkit" / "daemon.sock"
     try:
+        racing = [subprocess.Popen([sys.executable, "-m", "vmkit", "ps"], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        for process in racing:                          # three commands start it at once: one daemon
+            out, err = process.communicate(timeout=60)
+            assert process.returncode == 0 and out.split() == list(COLUMNS), err
         done = subprocess.run([sys.executable, "-m", "vmkit", "run", "-d", "-g", "hello", "--name", "od"],
                               env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and done.stdout == "od\n", done.stderr
         assert socket_path.exists()
         info = Client(socket_path, autostart=False).request("GET", "/")
         assert _alive(info["pid"]) and _alive(info["forkserver_pid"])
+        assert [pid for pid in _children(1) if _comm(pid) == "vmkit-forksrv" and
+                f"{root}" in Path(f"/proc/{pid}/environ").read_text()] == []    # none left by a loser
     finally:
         pid = int((root / "vmkit" / "daemon.sock.lock").read_text() or 0)
         if pid:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -49,13 +50,28 @@ def start_daemon(path: Path) -> None:
             return
         except OSError:
             pass
-        if process.poll() is not None:
-            if _accepts(path):                  # another daemon won the race to start
+        if process.poll() is not None and not _locked(path):   # not another daemon starting meanwhile
+            if _accepts(path):
                 return
             raise DaemonError(f"the vmkit daemon did not start (exit status {process.returncode}); "
                               f"see {path.parent / 'daemon.log'}")
         time.sleep(0.02)
     raise DaemonError(f"the vmkit daemon did not open {path} within {START_WAIT_SECONDS:.0f} s")
+
+
+def _locked(path: Path) -> bool:
+    """Whether a daemon holds the socket's lock (it is starting, or serving)."""
+    try:
+        fd = os.open(f"{path}.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _accepts(path: Path) -> bool:
