@@ -401,3 +401,15 @@ def test_the_api_socket_appears_only_once_it_listens_and_never_replaces_a_file(t
     sock = listen(long_path)
     sock.close()
     assert os.path.exists(long_path)
+
+
+def test_the_console_script_is_declared_and_its_dependencies_pinned():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["vmkit-firecracker"] == "vmkit.api.firecracker.main:entry"
+    pins = {line.partition("==")[0]: line.partition("==")[2] for line in project["dependencies"]}
+    import h11
+    import pydantic
+
+    assert pins["h11"] == h11.__version__ and pins["pydantic"] == pydantic.VERSION    # what the tests ran with
