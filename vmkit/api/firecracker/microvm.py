@@ -372,7 +372,9 @@ class MicroVm:
             raise ApiError(f"InstanceStart: kernel_image_path {self.boot_source.kernel_image_path!r}: {exc}") from None
         except (KvmError, ConfigError) as exc:
             raise ApiError(f"InstanceStart: {exc}") from None
-        for note in machine.notes:
+        from vmkit.vmm import host
+
+        for note in ([host.PVM_NOTICE] if host.host_kind() == "pvm" else []) + machine.notes:
             self.log.info(note)
         self._attach_limiters(machine)
         self.machine = machine
