@@ -12,6 +12,8 @@ BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 # A static vsock client and echo server for vsock checks, compiled here with the host's gcc.
 VSOCK_PROBE_SOURCE = Path(__file__).with_name("vsock_probe.c")
+# The guest exec agent (docs/agent.md), started by init when the VM has a vsock device.
+AGENT_SOURCE = Path(__file__).with_name("vmkit_agent.c")
 # Links made at build time: on PVM hosts every system call the guest makes costs emulated
 # kernel work, so init does not run `busybox --install`. Other applets: `busybox NAME ...`.
 APPLETS = (
@@ -38,16 +40,26 @@ def find_busybox() -> Path:
     )
 
 
-def build_vsock_probe() -> bytes:
-    """vsock_probe.c as a static executable (it links no libc: a few KiB)."""
-    with tempfile.TemporaryDirectory(prefix="vmkit-vsock-probe-") as work:
-        output = Path(work) / "vsock_probe"
+def build_static(source: Path) -> bytes:
+    """A C program that makes its own system calls (no libc linked) as a static executable."""
+    with tempfile.TemporaryDirectory(prefix="vmkit-static-") as work:
+        output = Path(work) / source.stem
         built = subprocess.run(["gcc", "-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector", "-fno-pie",
-                                "-no-pie", "-Os", "-s", "-o", str(output), str(VSOCK_PROBE_SOURCE)],
-                               capture_output=True, text=True)
+                                "-no-pie", "-fno-tree-loop-distribute-patterns", "-Os", "-s", "-o", str(output),
+                                str(source)], capture_output=True, text=True)
         if built.returncode:
-            raise InitramfsError(f"cannot build {VSOCK_PROBE_SOURCE.name}: {built.stderr.strip()}")
+            raise InitramfsError(f"cannot build {source.name}: {built.stderr.strip()}")
         return output.read_bytes()
+
+
+def build_vsock_probe() -> bytes:
+    """vsock_probe.c as a static executable (a few KiB)."""
+    return build_static(VSOCK_PROBE_SOURCE)
+
+
+def build_agent() -> bytes:
+    """vmkit_agent.c as a static executable (about 14 KiB)."""
+    return build_static(AGENT_SOURCE)
 
 
 def build_initramfs(busybox: Path | None = None) -> bytes:
@@ -62,4 +74,5 @@ def build_initramfs(busybox: Path | None = None) -> bytes:
         archive.symlink(f"bin/{applet}", "busybox")
     archive.file("init", INIT_SCRIPT.read_bytes(), 0o755)
     archive.file("bin/vsock_probe", build_vsock_probe(), 0o755)
+    archive.file("bin/vmkit-agent", build_agent(), 0o755)
     return archive.finish()
