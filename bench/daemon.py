@@ -8,6 +8,7 @@ A daemon of its own (a temporary runtime directory) holds the VMs. Measured, int
   - request to guest exit: until the VM process saw the guest end (exit.json's "finished", wall clock);
   - request to the daemon's "die" event for that VM (the VM process has torn the VM down and ended);
   - the CLI's `vmkit run -d` (a Python start-up, then the same request) until it printed the name;
+  - and, for comparison, a foreground `vmkit run` (a process of its own) to the guest's exit;
 and how many VMs the daemon starts per second (--burst of them, --clients requests in flight at once).
 """
 
@@ -94,7 +95,7 @@ def main() -> None:
         deaths = Deaths(client, since=0)
         request = {"args": ["--kernel", image], "cwd": "/"}
         client.request("DELETE", f"/vms/{client.request('POST', '/vms', request)['name']}?force=1")   # warm
-        answered, exited, died, cli_printed, qemu = [], [], [], [], []
+        answered, exited, died, cli_printed, qemu, foreground = [], [], [], [], [], []
         for index in range(args.runs):
             name = f"run{index}"
             wall, start = time.time(), time.perf_counter()
@@ -113,6 +114,9 @@ def main() -> None:
             run = timed_run(qemu_command(image))
             assert run.status == 1, run.status
             qemu.append(run.seconds)
+            run = timed_run([sys.executable, "-m", "vmkit", "run", "--quiet", "--kernel", image])
+            assert run.status == 1, run.status
+            foreground.append(run.seconds)
         start = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(lambda index: client.request("POST", "/vms", {**request, "name": f"burst{index}"}),
@@ -135,6 +139,8 @@ def main() -> None:
         ("request to guest exit (the VM process saw it end)", ms(median(exited)), ms(q), f"{median(exited) / q:.2f}x"),
         ("request to the daemon's die event (VM process gone)", ms(median(died)), ms(q), f"{median(died) / q:.2f}x"),
         ("`vmkit run -d` until it printed the name", ms(median(cli_printed)), "", ""),
+        ("for comparison: a foreground `vmkit run` to its exit", ms(median(foreground)), ms(q),
+         f"{median(foreground) / q:.2f}x"),
     ]
     print(f"guest {args.guest}, median of {args.runs}; vmkit {source_revision()}; "
           f"others' runnable threads meanwhile: {others_running(2):.1f}")
