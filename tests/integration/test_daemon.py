@@ -226,6 +226,22 @@ def test_logs_follow_ends_when_the_vm_ends_and_rm_force_kills(daemon):
     assert "f2" not in daemon.ok("ps", "-a")
 
 
+def test_stop_ends_a_paused_vm_and_kills_one_that_does_not_answer(daemon):
+    daemon.ok("run", "-d", "-g", "serial_echo", "--name", "paused")
+    daemon.ok("pause", "paused")
+    assert daemon.ok("stop", "paused") == "paused\n"
+    assert daemon.vm("paused")["status"] == 143
+    daemon.ok("run", "-d", "-g", "serial_echo", "--name", "frozen")
+    pid = daemon.vm("frozen")["pid"]
+    os.kill(pid, signal.SIGSTOP)                       # its VMM cannot act on the request
+    started = time.monotonic()
+    assert daemon.ok("stop", "--time", "1", "frozen") == "frozen\n"
+    assert time.monotonic() - started < 8
+    vm = daemon.vm("frozen")
+    assert vm["state"] == "exited" and vm["status"] == 137 and vm["exit"]["kind"] == "killed"
+    assert not _alive(pid)
+
+
 def test_errors_are_one_line_with_status_125(daemon):
     daemon.ok("run", "-d", "-g", "hello", "--name", "taken")
     cases = [
