@@ -175,6 +175,11 @@ def test_rate_limiters_take_firecrackers_objects_and_refuse_bad_buckets(vm, disk
         vm.put_drive("d", drive("d", disk, rate_limiter=limiter))
     vm.put_drive("d", drive("d", disk, rate_limiter=models.RateLimiter(
         ops=models.TokenBucket(size=0, refill_time=100))))        # size 0: no limit, as Firecracker
+    assert vm.vm_config_body()["drives"][0]["rate_limiter"] is None
+    vm.put_drive("d", drive("d", disk, rate_limiter=models.RateLimiter(
+        bandwidth=models.TokenBucket(size=4096, refill_time=100))))
+    assert vm.vm_config_body()["drives"][0]["rate_limiter"] == {
+        "bandwidth": {"size": 4096, "refill_time": 100, "one_time_burst": 0}}    # as a running device shows it
 
 
 # ---- routes

@@ -120,17 +120,17 @@ class MicroVm:
         for drive_id, drive in self.drives.items():
             body = drive.model_dump()
             body["is_read_only"] = bool(drive.is_read_only)
-            device = self._blk.get(drive_id)
-            if device is not None:
-                body["rate_limiter"] = _limiter_config(device.limiter)
+            device = self._blk.get(drive_id)        # once started, what the device has now
+            limiter = device.limiter if device is not None else _limiter(drive.rate_limiter, "rate_limiter")
+            body["rate_limiter"] = _limiter_config(limiter)
             drives.append(body)
         interfaces = []
         for iface_id, interface in self.interfaces.items():
             body = interface.model_dump()
             net = self._net.get(iface_id)
-            if net is not None:
-                body["rx_rate_limiter"] = _limiter_config(net.rx_limiter)
-                body["tx_rate_limiter"] = _limiter_config(net.tx_limiter)
+            rx = net.rx_limiter if net is not None else _limiter(interface.rx_rate_limiter, "rx_rate_limiter")
+            tx = net.tx_limiter if net is not None else _limiter(interface.tx_rate_limiter, "tx_rate_limiter")
+            body["rx_rate_limiter"], body["tx_rate_limiter"] = _limiter_config(rx), _limiter_config(tx)
             interfaces.append(body)
         return {"balloon": None,
                 "boot-source": self.boot_source.model_dump() if self.boot_source else None,
