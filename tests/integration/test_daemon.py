@@ -429,3 +429,18 @@ def test_bad_requests_get_400_and_the_daemon_keeps_serving(daemon):
     assert [vm["name"] for vm in daemon.client.request("GET", "/vms?all=1")] == ["there"]
     assert daemon.ok("run", "-d", "-g", "hello", "--name", "still") == "still\n"
     assert process_start_time(daemon.info()["pid"]) is not None
+    idle = []                                          # a flood of idle connections is bounded
+    try:
+        for _ in range(300):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(str(daemon.socket))
+            idle.append(sock)
+        time.sleep(0.5)
+        assert daemon.process is not None
+        assert len(os.listdir(f"/proc/{daemon.process.pid}/task")) < 280
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.5)
+    assert daemon.info()["app"] == "vmkit-daemon"
+    assert oct(daemon.socket.stat().st_mode & 0o777) == "0o600"

@@ -9,6 +9,7 @@ with a body over the limit, gets a 400 and the connection closes.
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import socketserver
@@ -27,6 +28,7 @@ MAX_HEADERS = 16 * 1024
 RECV_BYTES = 64 * 1024
 IDLE_TIMEOUT_SECONDS = 300.0
 LINGER_SECONDS = 1.0
+MAX_CONNECTIONS = 256            # followers of logs and events included
 LINGER_BYTES = 16 << 20
 
 
@@ -165,9 +167,24 @@ class HttpServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def __init__(self, path: Path, handler: Handler) -> None:
         self.api_handler = handler
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(str(path), _RequestHandler, bind_and_activate=False)
         self.socket.close()
         self.socket = unix.listen(path)
+        os.chmod(path, 0o600)                          # the user's own VMs: nobody else's to steer
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread for the connection, unless MAX_CONNECTIONS are open: then it is closed at once."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _RequestHandler(socketserver.BaseRequestHandler):
