@@ -53,11 +53,22 @@ def _redirect_stdio(vmdir: VmDir) -> None:
     os.close(log)
 
 
-def _report(fd: int, line: str) -> None:
-    try:
-        os.write(fd, line.encode(errors="replace") + b"\n")
-    except OSError:
-        pass                                   # the daemon stopped listening: the VM goes on
+class Report:
+    """The pipe on which the daemon waits for "ok PID" or "error MESSAGE": one line, then closed."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def say(self, line: str) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return                             # said already
+        try:
+            os.write(fd, line.encode(errors="replace") + b"\n")
+        except OSError:
+            pass                               # the daemon stopped listening: the VM goes on
+        finally:
+            os.close(fd)
 
 
 class VmProcess:
@@ -93,7 +104,7 @@ class VmProcess:
             return "stopping"
         return machine.state.value
 
-    def run(self, report_fd: int) -> int:
+    def run(self, report: Report) -> int:
         try:
             plan, notices, args = self.prepare()
             self.machine = machine = cli.build_planned_machine(plan)
@@ -103,7 +114,7 @@ class VmProcess:
                                        "devices": list(config.devices),
                                        "disks": [disk.path for disk in config.disks]})
         except cli.StartError as exc:
-            _report(report_fd, f"error {exc}")
+            report.say(f"error {exc}")
             return outcome.STATUS_START_ERROR
         control = ControlServer(self.vmdir.control_socket, self.act)
         profiler = None
@@ -118,8 +129,7 @@ class VmProcess:
                 from vmkit.vmm.guest_profiler import GuestProfiler
                 profiler = GuestProfiler()
                 machine.attach_profiler(profiler)
-            _report(report_fd, f"ok {os.getpid()}")
-            os.close(report_fd)
+            report.say(f"ok {os.getpid()}")
             while result is None:
                 if self.stop_requested.is_set():
                     machine.stop(STOP_REQUESTED)
@@ -142,6 +152,7 @@ class VmProcess:
 def main(vmdir: VmDir, argv: list[str], cwd: str, report_fd: int) -> NoReturn:
     """The VM process's whole life, in the grandchild of the fork server; never returns."""
     status = outcome.STATUS_INTERNAL_ERROR
+    report = Report(report_fd)
     try:
         set_process_name(f"vmkit-vm {vmdir.name}")
         _redirect_stdio(vmdir)
@@ -154,9 +165,9 @@ def main(vmdir: VmDir, argv: list[str], cwd: str, report_fd: int) -> NoReturn:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        status = process.run(report_fd)
+        status = process.run(report)
     except BaseException as exc:
-        _report(report_fd, f"error internal error: {type(exc).__name__}: {exc}")
+        report.say(f"error internal error: {type(exc).__name__}: {exc}")
         traceback.print_exc()
         vmdir.record_exit(status, "internal", f"internal error: {type(exc).__name__}: {exc}", time.time())
     finally:
