@@ -139,6 +139,13 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:                                   # gone meanwhile
+        return b""
+
+
 def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -320,7 +327,7 @@ def test_the_cli_starts_the_daemon_on_demand():
         info = Client(socket_path, autostart=False).request("GET", "/")
         assert _alive(info["pid"]) and _alive(info["forkserver_pid"])
         assert [pid for pid in _children(1) if _comm(pid) == "vmkit-forksrv" and
-                f"{root}" in Path(f"/proc/{pid}/environ").read_text()] == []    # none left by a loser
+                str(root).encode() in _environ(pid)] == []      # none left behind by a daemon that lost
     finally:
         pid = int((root / "vmkit" / "daemon.sock.lock").read_text() or 0)
         if pid:
