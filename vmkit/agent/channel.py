@@ -33,10 +33,11 @@ class ChannelTimeout(Exception):
 
 
 class Channel:
-    def __init__(self, sock: socket.socket, leftover: bytes = b"") -> None:
+    """A connected stream to the agent: frames queued out and read in, on a non-blocking socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._reader = FrameReader()
-        self._reader.feed(leftover)
         self._outbox = bytearray()
         self._eof = False
         self._write_closed = False
