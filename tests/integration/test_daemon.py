@@ -43,12 +43,12 @@ class Daemon:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                self.client.request("GET", "/")
-                return
+                if self.client.request("GET", "/")["forkserver_pid"] is not None:
+                    return
             except DaemonError:
                 assert self.process.poll() is None, "the daemon ended at start"
                 time.sleep(0.05)
-        raise AssertionError("the daemon did not answer within 30 s")
+        raise AssertionError("the daemon and its fork server were not up within 30 s")
 
     def info(self) -> dict:
         return self.client.request("GET", "/")

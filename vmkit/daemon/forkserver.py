@@ -110,17 +110,21 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             theirs.set_inheritable(True)
-            self.pid = os.posix_spawn(sys.executable,
+            pid = os.posix_spawn(sys.executable,
                                       [sys.executable, "-m", "vmkit.daemon.forkserver", str(theirs.fileno())],
                                       dict(os.environ), setsid=True)
         finally:
             theirs.close()
         ours.settimeout(60.0)                 # the first start imports everything
-        if ours.recv(64) != b'{"ready": true}':
+        try:
+            ready = ours.recv(64)
+        except OSError:
+            ready = b""
+        if ready != b'{"ready": true}':
             ours.close()
             raise OSError("the fork server did not start")
         ours.settimeout(SPAWN_TIMEOUT_SECONDS)
-        self._channel = ours
+        self._channel, self.pid = ours, pid
 
     def ensure_started(self) -> None:
         with self._lock:

@@ -76,10 +76,17 @@ class Registry:
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.recover()
-        self.forks.ensure_started()
+        threading.Thread(target=self._start_forkserver, name="forkserver-start", daemon=True).start()
         self._children.set()
         threading.Thread(target=self._reap, name="reaper", daemon=True).start()
         threading.Thread(target=self._watch_adopted, name="watcher", daemon=True).start()
+
+    def _start_forkserver(self) -> None:
+        """Start the fork server while the API starts listening (a request waits for it)."""
+        try:
+            self.forks.ensure_started()
+        except OSError:
+            pass                                  # the first request tries again, and says why
 
     def close(self) -> None:
         self._running = False
