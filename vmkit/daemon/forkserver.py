@@ -111,8 +111,8 @@ class ForkServer:
         try:
             theirs.set_inheritable(True)
             pid = os.posix_spawn(sys.executable,
-                                      [sys.executable, "-m", "vmkit.daemon.forkserver", str(theirs.fileno())],
-                                      dict(os.environ), setsid=True)
+                                 [sys.executable, "-m", "vmkit.daemon.forkserver", str(theirs.fileno())],
+                                 dict(os.environ), setsid=True)
         finally:
             theirs.close()
         ours.settimeout(60.0)                 # the first start imports everything

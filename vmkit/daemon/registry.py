@@ -185,7 +185,11 @@ class Registry:
                     raise ApiError(409, f"the name {name!r} is in use by another VM")
             vmdir = VmDir(self.root / name)
             config = {"name": name, "args": args, "cwd": cwd, "created": time.time()}
-            vmdir.create(config)
+            try:
+                vmdir.create(config)
+            except OSError as exc:
+                vmdir.remove()
+                raise ApiError(500, f"cannot create the VM's state directory {vmdir.path}: {exc}") from None
             vm = Vm(vmdir, config, "starting")
             self._vms[name] = vm
         try:
@@ -204,6 +208,7 @@ class Registry:
             with self._lock:
                 if failed is not None and self._unclaimed.pop(failed, None) is None:
                     self._ignored.add(failed)
+            self._kill(vm)                        # one that said nothing in time may still run
             self._forget(vm)
             raise ApiError(400, rest if word == "error" else "the VM process ended while it started")
         pid = int(rest)
