@@ -153,6 +153,11 @@ class ForkServer:
                 assert channel is not None
                 try:
                     channel.send(message)
+                except OSError:                           # it had died: start another, ask once more
+                    channel.close()
+                    self._channel = None
+                    continue
+                try:
                     answer, fds, _, _ = socket.recv_fds(channel, 4096, 1)
                 except OSError:
                     answer, fds = b"", []
@@ -162,9 +167,10 @@ class ForkServer:
                     os.close(fd)
                 if answer:
                     raise OSError(json.loads(answer).get("error", "the fork server refused the request"))
-                channel.close()                           # it died: start another and ask once more
-                self._channel = None
-            raise OSError("the fork server died while forking the VM process")
+                channel.close()                           # it died while forking: not asked again,
+                self._channel = None                      # lest the VM be forked twice
+                raise OSError("the fork server died while forking the VM process")
+            raise OSError("the fork server cannot be started")
 
     def close(self) -> None:
         with self._lock:

@@ -196,6 +196,7 @@ class Registry:
             report = self.forks.spawn(vmdir.path, args, cwd)
             self.spawned()
         except OSError as exc:
+            self._kill(vm)                        # forked before the fork server died, perhaps
             self._forget(vm)
             raise ApiError(500, f"cannot start the VM process: {exc}") from None
         try:
