@@ -249,6 +249,22 @@ def test_stop_ends_a_paused_vm_and_kills_one_that_does_not_answer(daemon):
     assert not _alive(pid)
 
 
+def test_attach_feeds_the_console_and_ends_with_the_vm(daemon):
+    daemon.ok("run", "-d", "-g", "serial_echo", "--name", "talk")
+    attached = subprocess.run([sys.executable, "-m", "vmkit", "attach", "talk"], input="hello there\n",
+                              env=daemon.env, capture_output=True, text=True, timeout=60)
+    assert attached.returncode == 0, attached.stderr
+    assert "READY" in attached.stdout and "ECHO hello there" in attached.stdout
+    assert daemon.wait_state("talk", "exited")["status"] == 1       # the guest read it and exited
+    status, body = _raw(daemon.socket, _post("/vms/talk/console", b'{"data": "late"}'))
+    assert status == 409 and "exited" in body["error"]
+    daemon.ok("run", "-d", "-g", "serial_echo", "--name", "big")
+    status, body = _raw(daemon.socket, _post("/vms/big/console", json.dumps({"data": "x" * 5000}).encode()))
+    assert status == 400 and "data" in body["error"]
+    status, body = _raw(daemon.socket, _post("/vms/big/console", json.dumps({"data": 5}).encode()))
+    assert status == 400 and "data" in body["error"]
+
+
 def test_errors_are_one_line_with_status_125(daemon):
     daemon.ok("run", "-d", "-g", "hello", "--name", "taken")
     cases = [

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vmkit.daemon.control import MAX_INPUT
 from vmkit.daemon.http import Reply, Request, error
 from vmkit.daemon.registry import ApiError, Registry
 
@@ -29,6 +30,10 @@ class CreateBody(Body):
     name: str | None = Field(default=None, max_length=64)
     args: list[str] = Field(default_factory=list, max_length=MAX_ARGS)
     cwd: str = "/"
+
+
+class ConsoleBody(Body):
+    data: str = Field(max_length=MAX_INPUT)
 
 
 class StopBody(Body):
@@ -109,6 +114,11 @@ class Api:
             if action in ("pause", "resume") and method == "POST":
                 _parse(Body, request.body)
                 return Reply(200, registry.steer(name, action))
+            if action == "console" and method == "POST":
+                data = _parse(ConsoleBody, request.body).data.encode()
+                if len(data) > MAX_INPUT:
+                    raise ApiError(400, f"data: {len(data)} bytes in UTF-8; at most {MAX_INPUT} at once")
+                return Reply(200, registry.send_input(name, data))
             if action == "stop" and method == "POST":
                 return Reply(200, registry.stop(name, _parse(StopBody, request.body).timeout))
         raise ApiError(400, f"{method} {request.path}: the daemon's API has no such endpoint "

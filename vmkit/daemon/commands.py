@@ -6,14 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from vmkit.cli import StartError, output
+from vmkit.cli import StartError, output, say
 from vmkit.daemon.client import Client, DaemonError
+from vmkit.daemon.control import MAX_INPUT
 
 COLUMNS = ("NAME", "STATE", "STATUS", "PID", "CREATED", "KERNEL", "MEMORY")
 STATE_STYLES = {"running": "green", "paused": "yellow", "starting": "cyan", "exited": "dim"}
@@ -65,6 +68,8 @@ def _command(args: argparse.Namespace, client: Client) -> int:
     target = f"/vms/{quote(args.name, safe='')}"
     if command == "logs":
         _copy(client.stream(target + "/logs" + ("?follow=1" if args.follow else "")))
+    elif command == "attach":
+        return _attach(client, target)
     elif command == "inspect":
         output(json.dumps(client.request("GET", target), indent=2))
     elif command in ("pause", "resume"):
@@ -77,6 +82,40 @@ def _command(args: argparse.Namespace, client: Client) -> int:
         client.request("DELETE", target + ("?force=1" if args.force else ""))
         output(args.name)
     return 0
+
+
+def _attach(client: Client, target: str) -> int:
+    """Follow the console on a thread; send what stdin gives until its end; return when the VM ended
+    (or at Ctrl-C, which detaches and leaves the VM running)."""
+    from vmkit.cli import Stopped
+
+    chunks = client.stream(target + "/logs?follow=1")     # a missing VM is an error before anything
+    follower = threading.Thread(target=_copy_until_broken, args=(chunks,), daemon=True)
+    follower.start()
+    try:
+        try:
+            stdin = sys.stdin.fileno() if sys.stdin is not None else -1
+            while stdin >= 0 and follower.is_alive():
+                if not select.select([stdin], [], [], 0.2)[0]:
+                    continue
+                data = os.read(stdin, MAX_INPUT // 4)
+                if not data:
+                    break
+                client.request("POST", target + "/console", {"data": data.decode(errors="replace")})
+        except (OSError, ValueError):
+            pass                                          # no usable stdin: output only
+        while follower.is_alive():
+            follower.join(0.2)
+    except Stopped:
+        pass
+    return 0
+
+
+def _copy_until_broken(chunks: Any) -> None:
+    try:
+        _copy(chunks)
+    except DaemonError as exc:
+        say(f"vmkit: error: {exc}")
 
 
 def _copy(chunks: Any) -> None:

@@ -21,6 +21,9 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     for verb, text in (("pause", "pause a VM's vCPUs"), ("resume", "resume a paused VM"),
                        ("inspect", "a VM's details as JSON")):
         commands.add_parser(verb, help=text, parents=[common]).add_argument("name")
+    attach = commands.add_parser("attach", help="a VM's console: its output (from the start) until it ends, "
+                                 "and standard input to it; Ctrl-C detaches", parents=[common])
+    attach.add_argument("name")
     stop = commands.add_parser("stop", help="end a VM: its VMM ends it, and kills it after a timeout",
                                parents=[common])
     stop.add_argument("--time", "-t", type=float, default=10.0, metavar="SECONDS",
@@ -33,4 +36,4 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
                                  parents=[common])
     events.add_argument("--follow", "-f", action="store_true", help="go on printing new events")
 
-COMMANDS = ("daemon", "ps", "logs", "pause", "resume", "inspect", "stop", "rm", "events")
+COMMANDS = ("daemon", "ps", "logs", "attach", "pause", "resume", "inspect", "stop", "rm", "events")

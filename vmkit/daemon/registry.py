@@ -242,6 +242,17 @@ class Registry:
         self._event(op, vm)
         return self.describe(vm)
 
+    def send_input(self, name: str, data: bytes) -> dict[str, Any]:
+        """Give `data` to a running or paused VM's console."""
+        vm = self._get(name)
+        if vm.state not in ("running", "paused"):
+            raise ApiError(409, f"VM {name!r} is {vm.state}, not running")
+        try:
+            control.ask(vm.dir.control_socket, "input", data=data)
+        except control.ControlError as exc:
+            raise ApiError(409, f"console input for {name}: {exc}") from None
+        return self.describe(vm)
+
     def stop(self, name: str, timeout: float) -> dict[str, Any]:
         """Ask the VM process to end the VM; kill it when it has not after `timeout` seconds."""
         vm = self._get(name)

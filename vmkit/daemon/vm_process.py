@@ -24,6 +24,7 @@ from vmkit.vmm.machine import Machine
 
 STOP_REQUESTED = outcome.signalled("a stop request", outcome.STATUS_SIGTERM)
 POLL_SECONDS = 0.05
+INPUT_WAIT_SECONDS = 5.0
 _parsers: list[cli.Parser] = []          # built once in the fork server, used by every VM process
 
 
@@ -92,10 +93,12 @@ class VmProcess:
         notices: list[str] = []
         return cli.resolve_run(args, notices.append), notices, args
 
-    def act(self, op: str) -> str:
+    def act(self, op: str, data: bytes) -> str:
         machine = self.machine
         assert machine is not None
-        if op == "pause":
+        if op == "input":
+            self.feed(data)
+        elif op == "pause":
             machine.pause()
         elif op == "resume":
             machine.resume()
@@ -103,6 +106,19 @@ class VmProcess:
             self.stop_requested.set()
             return "stopping"
         return machine.state.value
+
+    def feed(self, data: bytes) -> None:
+        """Give `data` to the guest's console as its receive FIFO takes it (ValueError when the guest
+        leaves it full for INPUT_WAIT_SECONDS)."""
+        machine = self.machine
+        assert machine is not None
+        deadline = time.monotonic() + INPUT_WAIT_SECONDS
+        while data:
+            data = data[machine.console.receive(data):]
+            if data:
+                if time.monotonic() > deadline:
+                    raise ValueError(f"the guest does not read its console: {len(data)} bytes not taken")
+                time.sleep(0.005)
 
     def run(self, report: Report) -> int:
         try:
