@@ -799,3 +799,81 @@ def test_any_driver_gets_width_bytes_and_the_device_keeps_its_promises(steps):
             assert drv.common(NUM_QUEUES, 2) == 1
     finally:
         drv.close()
+
+
+# --- kicks are off while the device serves a queue (VIRTQ_USED_F_NO_NOTIFY) ------------------------
+
+class Scripted:
+    """A device type whose process() records the used ring's flags it finds and, from `during`, plays
+    a driver that offers another buffer just after the device's last look at the queue."""
+
+    label, device_type, features, queue_sizes = "scripted", 31, VERSION_1, (8,)
+
+    def __init__(self, pops=True):
+        self.flags_seen, self.during, self.pops = [], [], pops
+
+    def process(self, queue, memory):
+        self.flags_seen.append(struct.unpack("<H", memory.read(queue.used_ring, 2))[0])
+        served = False
+        while self.pops and (chain := queue.pop(memory)) is not None:
+            queue.push_used(memory, chain.head, 0)
+            served = True
+        if self.during:
+            self.during.pop(0)()
+        return served
+
+    def config(self):
+        return b""
+
+    def reset(self):
+        pass
+
+    def attach(self, host):
+        pass
+
+    def save(self):
+        return None
+
+    def restore(self, state):
+        pass
+
+
+def scripted_function(device):
+    memory = GuestMemory.create(4 * MIB)
+    function = VirtioPciDevice(device, memory, BAR, lambda a, d: None)
+    queue = function.queues[0]
+    queue.size, queue.desc_table, queue.avail_ring, queue.used_ring = 8, DESC, AVAIL, USED
+    queue.validate_layout(memory)
+    queue.ready = True
+    function.status = 0x0F                                    # ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK
+    memory.write(DESC, struct.pack("<QIHH", BUFFERS, 1, 0, 0))  # one readable byte, reused by every offer
+
+    def offer():
+        index = struct.unpack("<H", memory.read(AVAIL + 2, 2))[0]
+        memory.write(AVAIL + 4 + 2 * (index % 8), b"\0\0")
+        memory.write(AVAIL + 2, struct.pack("<H", (index + 1) & 0xFFFF))
+
+    return memory, function, queue, offer
+
+
+def test_an_offer_made_while_kicks_were_off_is_served_without_a_kick():
+    device = Scripted()
+    memory, function, queue, offer = scripted_function(device)
+    offer()
+    device.during.append(offer)                               # the driver offers again, sees NO_NOTIFY, no kick
+    function.notify(0)
+    assert device.flags_seen == [1, 1]                        # NO_NOTIFY while the device served, both rounds
+    assert queue.next_used == 2                               # and the second offer was served all the same
+    assert memory.read(USED, 2) == b"\0\0"                    # kicks wanted again once it stopped
+    memory.close()
+
+
+def test_a_device_that_leaves_buffers_waiting_ends_its_rounds():
+    device = Scripted(pops=False)                             # as a disk waiting out its rate limit
+    memory, function, queue, offer = scripted_function(device)
+    offer()
+    device.during.append(offer)
+    function.notify(0)                                        # returns: one more round for the new offer, no more
+    assert device.flags_seen == [1, 1] and queue.last_avail == 0
+    assert memory.read(USED, 2) == b"\0\0"
+    memory.close()

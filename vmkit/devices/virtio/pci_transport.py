@@ -42,6 +42,10 @@ COMMON_WRITABLE = {0x00: 4, 0x08: 4, 0x0C: 4, 0x10: 2, 0x14: 1, 0x16: 2, 0x18: 2
 RING_ADDRESS_FIELDS = {0x20: "desc_table", 0x28: "avail_ring", 0x30: "used_ring"}
 
 
+# Taking and releasing a lock is a full memory barrier (a locked instruction on x86).
+_FENCE = threading.Lock()
+
+
 def _feature_word(features: int, select: int) -> int:
     """The 32-bit half of a 64-bit feature set that `select` (0 or 1) names; 0 beyond."""
     return (features >> (32 * select)) & 0xFFFFFFFF if select < 2 else 0
@@ -199,11 +203,30 @@ class VirtioPciDevice:
                 return
             queue = self.queues[queue_index]
             try:
-                used = self.device.process(queue, self.memory)
+                used = self._serve(queue)
                 if used and not queue.interrupt_suppressed(self.memory):
                     self._interrupt(queue.msix_vector, ISR_QUEUE)
             except VirtqueueError as exc:
                 self._fail(f"queue {queue_index}: {exc}")
+
+    def _serve(self, queue: Virtqueue) -> bool:
+        """Let the device serve the queue, with the driver's kicks off meanwhile (each costs the guest an
+        exit). Kicks go back on before the device stops looking, and the available index is read once
+        more after a full fence: a driver that offered buffers meanwhile either saw kicks wanted (and
+        kicked) or has its offer served by another round here, so no offer waits unserved (spec
+        2.7.10). A device that leaves buffers in the queue on purpose (a rate limit) ends the rounds
+        as soon as the driver offers nothing new."""
+        memory = self.memory
+        used = False
+        while True:
+            queue.set_kicks_wanted(memory, False)
+            offered = queue.available_index(memory)
+            used = self.device.process(queue, memory) or used
+            queue.set_kicks_wanted(memory, True)
+            with _FENCE:                   # a locked instruction: the store above before the load below
+                pass
+            if queue.available_index(memory) == offered:
+                return used
 
 
 class VirtioPciBar:

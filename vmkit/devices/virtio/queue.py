@@ -23,6 +23,7 @@ VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
 VIRTQ_DESC_F_INDIRECT = 4
 VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+VIRTQ_USED_F_NO_NOTIFY = 1
 
 
 class VirtqueueError(Exception):
@@ -157,6 +158,15 @@ class Virtqueue:
         USED_ELEMENT.pack_into(rings.used, 4 + 8 * (self.next_used % self.size), head, written)
         self.next_used = (self.next_used + 1) & 0xFFFF
         rings.used_words[1] = self.next_used                # the index, after the element, in one store
+
+    def set_kicks_wanted(self, memory: GuestMemory, wanted: bool) -> None:
+        """Tell the driver whether to notify (kick) the device when it offers buffers: not while the
+        device is serving the queue anyway (VIRTQ_USED_F_NO_NOTIFY; spec 2.7.10)."""
+        self._ring_views(memory).used_words[0] = 0 if wanted else VIRTQ_USED_F_NO_NOTIFY
+
+    def available_index(self, memory: GuestMemory) -> int:
+        """The driver's available index as it is now (how many buffers it has offered, mod 2**16)."""
+        return self._ring_views(memory).avail_words[1]
 
     def interrupt_suppressed(self, memory: GuestMemory) -> bool:
         flags = self._ring_views(memory).avail_words[0]
