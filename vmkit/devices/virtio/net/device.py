@@ -138,7 +138,11 @@ class VirtioNet:
         return self._transmit(queue, memory)
 
     def close(self) -> None:
-        self._set_watch(False)
+        """Release the backend (after the I/O thread stopped; its selector may be closed already)."""
+        try:
+            self._set_watch(False)
+        except (KeyError, ValueError, OSError):
+            pass
         self.backend.close()
 
     # --- snapshots -------------------------------------------------------------------------------
