@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -120,15 +121,17 @@ def test_net_check_over_a_tap(request, tap, echo_at):
     assert results["udp_echoed"] == "8" and echo.echoed >= 8
 
 
-def _default_route() -> tuple[str, str] | None:
-    """The host's default gateway and its own address on that interface (what passt offers)."""
+def _default_route() -> tuple[str, str, int] | None:
+    """The host's default gateway, its own address on that interface and the prefix length (what
+    passt offers the guest)."""
     try:
         route = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True, text=True).stdout.split()
         device = route[route.index("dev") + 1]
         gateway = route[route.index("via") + 1]
         addr = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", device], capture_output=True,
                               text=True).stdout.split()
-        return gateway, addr[addr.index("inet") + 1].split("/")[0]
+        address, prefix = addr[addr.index("inet") + 1].split("/")
+        return gateway, address, int(prefix)
     except (ValueError, IndexError, OSError):
         return None
 
@@ -141,7 +144,7 @@ def test_net_check_over_passt(request, echo_at):
     route = _default_route()
     if route is None:
         pytest.skip("passt needs a host with a default route")
-    gateway, address = route
+    gateway, address, _ = route
     echo = echo_at("127.0.0.1")
     done = run_vmkit("run", "--kernel", str(build_guest("net_check")), "--device", "virtio-rng",
                      "--net", "user", "--cmdline", f"ip={ip_number(address)} peer={ip_number(gateway)} "
@@ -164,15 +167,18 @@ def test_missing_passt_is_a_start_error(tmp_path):
 
 def test_a_tap_that_cannot_be_attached_is_a_start_error(tap):
     held = subprocess.Popen(["python3", "-m", "vmkit", "run", "--kernel", str(build_guest("clock")),
-                             "--net", f"tap={tap.name}", "--cmdline", "ms=5000"],
+                             "--net", f"tap={tap.name}", "--cmdline", "ms=30000"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        second = None
-        for _ in range(50):                                              # until the first one holds the tap
-            second = run_vmkit("run", "--net", f"tap={tap.name}")
-            if second.returncode == 125:
-                break
-        assert second is not None and second.returncode == 125, second
+        carrier = f"/sys/class/net/{tap.name}/carrier"        # 1 once a process holds the tap
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and held.poll() is None:
+            with open(carrier) as f:
+                if f.read().strip() == "1":
+                    break
+            time.sleep(0.1)
+        second = run_vmkit("run", "--net", f"tap={tap.name}")
+        assert second.returncode == 125, second
         assert f"--net tap={tap.name}" in second.stderr and "in use" in second.stderr
     finally:
         held.kill()
