@@ -12,13 +12,34 @@ for tag_file in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
     mkdir -p "/mnt/$tag"
     mount -t 9p -o trans=virtio,version=9p2000.L "$tag" "/mnt/$tag" || echo "vmkit-init: cannot mount share $tag"
 done
-# The exec agent (docs/agent.md), in the background, when the VM has a vsock device: its virtio
-# device tells, not /dev/vsock (the vsock core makes that one with or without a device).
-for vsock_device in /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio*; do
-    [ -e "$vsock_device" ] || break
-    vmkit-agent </dev/null &
-    break
+# Networks (vmkit run --net): every NIC up. eth0 takes vmkit.ip=ADDR/PREFIX from the kernel
+# command line, ethN vmkit.ipN=ADDR/PREFIX, and vmkit.gw=ADDR is the default route; a NIC without
+# an address asks DHCP (passt answers it) when the kernel has packet sockets.
+set -f
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        --) break ;;
+        vmkit.ip=*) echo "${arg#*=}" > /tmp/.vmkit-ip-eth0 ;;
+        vmkit.ip[0-9]=*) key=${arg%%=*}; echo "${arg#*=}" > "/tmp/.vmkit-ip-eth${key#vmkit.ip}" ;;
+        vmkit.gw=*) net_gw=${arg#vmkit.gw=} ;;
+    esac
 done
+set +f
+for nic_dir in /sys/class/net/eth*; do
+    [ -e "$nic_dir" ] || continue
+    nic=${nic_dir##*/}
+    address=
+    [ ! -e "/tmp/.vmkit-ip-$nic" ] || read -r address < "/tmp/.vmkit-ip-$nic"
+    ip link set "$nic" up
+    if [ -n "$address" ]; then
+        ip addr add "$address" dev "$nic"
+    elif [ -e /proc/net/packet ]; then
+        udhcpc -i "$nic" -n -q -t 3 -T 2 -s /etc/udhcpc.sh >/dev/null 2>&1 || echo "vmkit-init: no DHCP answer on $nic"
+    else
+        echo "vmkit-init: $nic has no address (vmkit.ip${nic#eth}=ADDR/PREFIX; no packet sockets for DHCP)"
+    fi
+done
+[ -z "$net_gw" ] || ip route add default via "$net_gw"
 echo "vmkit-init: running: $*"
 if [ $# -eq 0 ]; then
     set -- sh

@@ -14,12 +14,30 @@ INIT_SCRIPT = Path(__file__).with_name("init.sh")
 VSOCK_PROBE_SOURCE = Path(__file__).with_name("vsock_probe.c")
 # The guest exec agent (docs/agent.md), started by init when the VM has a vsock device.
 AGENT_SOURCE = Path(__file__).with_name("vmkit_agent.c")
+# udhcpc's script (init runs udhcpc for a NIC without a static address): apply the lease.
+DHCP_SCRIPT = b"""#!/bin/sh
+case "$1" in
+    deconfig)
+        ip addr flush dev "$interface"
+        ;;
+    bound|renew)
+        ip addr flush dev "$interface"
+        ip addr add "$ip/${mask:-24}" dev "$interface"
+        for gateway in $router; do
+            ip route add default via "$gateway" dev "$interface" && break
+        done
+        [ -z "$dns" ] || for server in $dns; do echo "nameserver $server"; done > /etc/resolv.conf
+        ;;
+esac
+exit 0
+"""
 # Links made at build time: on PVM hosts every system call the guest makes costs emulated
 # kernel work, so init does not run `busybox --install`. Other applets: `busybox NAME ...`.
 APPLETS = (
     "sh", "mount", "umount", "poweroff", "reboot", "echo", "cat", "ls", "uname", "sleep", "true",
     "false", "mkdir", "dmesg", "grep", "nproc", "free", "env", "printf", "test", "[", "head",
     "tail", "wc", "date", "id", "hostname", "ps", "df", "sync", "tr",
+    "ip", "udhcpc", "wget", "nc",
 )
 
 
@@ -75,4 +93,5 @@ def build_initramfs(busybox: Path | None = None) -> bytes:
     archive.file("init", INIT_SCRIPT.read_bytes(), 0o755)
     archive.file("bin/vsock_probe", build_vsock_probe(), 0o755)
     archive.file("bin/vmkit-agent", build_agent(), 0o755)
+    archive.file("etc/udhcpc.sh", DHCP_SCRIPT, 0o755)
     return archive.finish()
