@@ -12,6 +12,13 @@ for tag_file in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
     mkdir -p "/mnt/$tag"
     mount -t 9p -o trans=virtio,version=9p2000.L "$tag" "/mnt/$tag" || echo "vmkit-init: cannot mount share $tag"
 done
+# The exec agent (docs/agent.md), in the background, when the VM has a vsock device: its virtio
+# device tells, not /dev/vsock (the vsock core makes that one with or without a device).
+for vsock_device in /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio*; do
+    [ -e "$vsock_device" ] || break
+    vmkit-agent </dev/null &
+    break
+done
 # Networks (vmkit run --net): every NIC up. eth0 takes vmkit.ip=ADDR/PREFIX from the kernel
 # command line, ethN vmkit.ipN=ADDR/PREFIX, and vmkit.gw=ADDR is the default route; a NIC without
 # an address asks DHCP (passt answers it) when the kernel has packet sockets.
