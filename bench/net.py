@@ -8,8 +8,7 @@ transmit rate (datagrams of --size payload bytes queued as fast as the queue tak
 in batches of 32), and the echoed rate (--window datagrams in flight, each echo answered by a new
 one), each phase for S seconds, completions polled. The peer is a UDP echo process (Python, one
 socket) bound to the host side of the tap (10.254.250.1/24); both VMMs talk to the same peer on
-the same tap, so it limits both alike. vmkit gets `--net tap=NAME` (and `--device virtio-rng`,
-for the I/O thread: the builder starts it only for a device or disk); QEMU gets `-netdev
+the same tap, so it limits both alike. vmkit gets `--net tap=NAME`; QEMU gets `-netdev
 tap,ifname=NAME,script=no,downscript=no -device virtio-net-pci` on microvm with pcie=on (its
 userspace virtio-net: this host has no /dev/vhost-net). Both boot with 1 vCPU and 64 MiB.
 
@@ -94,7 +93,7 @@ def run_one(command: list[str]) -> Sample:
 
 
 def commands(launcher: str, image: str, cmdline: str) -> dict[str, list[str]]:
-    vmkit = [*vmkit_command(launcher, image), "--device", "virtio-rng", "--net", f"tap={TAP},mac={MAC}",
+    vmkit = [*vmkit_command(launcher, image), "--net", f"tap={TAP},mac={MAC}",
              "--cmdline", cmdline]
     qemu = [*qemu_pcie_command(image), "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
             "-device", f"virtio-net-pci,netdev=n0,disable-legacy=on,mac={MAC}",

@@ -2,9 +2,6 @@
 the host side and a UDP echo server bound to it), and over passt (ARP for the gateway it offers, UDP
 to a host echo server through it). With `--vmm qemu` the same program runs against QEMU's
 virtio-net-pci on the same tap.
-
-vmkit gets `--device virtio-rng` beside its NICs: the builder starts the I/O thread (which watches
-the tap) only when a device or disk is asked for.
 """
 
 from __future__ import annotations
@@ -103,8 +100,8 @@ def boot_on_tap(request, guest: str, tap: Tap, cmdline: str) -> Finished:
         return run_qemu(guest, cmdline, [
             "-netdev", f"tap,id=n0,ifname={tap.name},script=no,downscript=no",
             "-device", f"virtio-net-pci,netdev=n0,disable-legacy=on,mac={MAC}"])
-    return run_vmkit("run", "--kernel", str(build_guest(guest)), "--device", "virtio-rng",
-                     "--net", f"tap={tap.name},mac={MAC}", "--cmdline", cmdline)
+    return run_vmkit("run", "--kernel", str(build_guest(guest)), "--net", f"tap={tap.name},mac={MAC}",
+                     "--cmdline", cmdline)
 
 
 def test_net_check_over_a_tap(request, tap, echo_at):
@@ -146,8 +143,7 @@ def test_net_check_over_passt(request, echo_at):
         pytest.skip("passt needs a host with a default route")
     gateway, address, _ = route
     echo = echo_at("127.0.0.1")
-    done = run_vmkit("run", "--kernel", str(build_guest("net_check")), "--device", "virtio-rng",
-                     "--net", "user", "--cmdline", f"ip={ip_number(address)} peer={ip_number(gateway)} "
+    done = run_vmkit("run", "--kernel", str(build_guest("net_check")), "--net", "user", "--cmdline", f"ip={ip_number(address)} peer={ip_number(gateway)} "
                      f"port={echo.port} count=4")
     results = done.results()
     assert done.returncode == 1, done.stdout + done.stderr
