@@ -17,7 +17,7 @@ VSOCK_PROBE_SOURCE = Path(__file__).with_name("vsock_probe.c")
 APPLETS = (
     "sh", "mount", "umount", "poweroff", "reboot", "echo", "cat", "ls", "uname", "sleep", "true",
     "false", "mkdir", "dmesg", "grep", "nproc", "free", "env", "printf", "test", "[", "head",
-    "tail", "wc", "date", "id", "hostname", "ps", "df", "sync", "tr",
+    "tail", "wc", "date", "id", "hostname", "ps", "df", "sync", "tr", "base64",
 )
 
 
