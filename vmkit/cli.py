@@ -626,14 +626,22 @@ def _linux_image(name: str, cmdline: str, command: list[str],
         image = store.load(name)
     except store.ImageError as exc:
         raise StartError(f"--image: {exc}") from None
-    full = " ".join(part for part in ("console=ttyS0", cmdline) if part)
-    if command:
-        full += " -- " + " ".join(command)   # Linux hands what follows "--" to init as arguments
+    full = " ".join(part for part in ("console=ttyS0", cmdline, command_parameter(command)) if part)
     check_cmdline(full)
     patches = image.manifest.get("kernel_patches")
     syscall_fixed = isinstance(patches, list) and kernel.SYSCALL_PATCH in patches
     return (read_input_file(str(image.kernel), f"image {name}: kernel", limit), f"image {name}",
             read_input_file(str(image.initrd), f"image {name}: initramfs", limit), full, syscall_fixed)
+
+
+def command_parameter(command: list[str]) -> str:
+    """The kernel parameter that carries a command to the image's init, every argument exactly as
+    given: shell-quoted (init evaluates it back into its argv, no shell runs the command) and base64,
+    which a kernel command line carries untouched. "" for no command."""
+    import base64
+    import shlex
+
+    return f"vmkit.cmd={base64.b64encode(shlex.join(command).encode()).decode()}" if command else ""
 
 
 def syscall_reaches_ring0() -> bool | None:

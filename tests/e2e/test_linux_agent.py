@@ -57,9 +57,8 @@ def wait_for_agent(agent: AgentClient, proc: subprocess.Popen[bytes], console: C
 
 def test_linux_agent_runs_commands_and_copies_files(image, short_dir, tmp_path):
     path = f"{short_dir}/vm.sock"
-    # virtio-rng beside it: the builder starts the I/O thread only for --device and --disk today
     proc = subprocess.Popen(vmkit_command("run", "--image", image, "--memory", "256", "--cmdline", "panic=-1",
-                                          "--vsock", path, "--device", "virtio-rng", "--", "sleep", "600"),
+                                          "--vsock", path, "--", "sleep", "600"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     console = Console(proc.stdout)
     agent = AgentClient(path)

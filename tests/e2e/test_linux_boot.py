@@ -10,6 +10,7 @@ handler (docs/linux-guests.md), so the same checks hold on PVM and on hardware K
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -32,20 +33,25 @@ def image():
     return "linux"
 
 
+# The second command counts the guest's CPUs and shows that every argument arrives exactly as given:
+# spaces, quotes, a $ and an empty one, with no shell on the way to split or expand them.
+ARGV_SCRIPT = 'nproc; printf "<%s>" "$@"; echo; exit 3'
+
+
 @pytest.mark.parametrize(("cpus", "command", "output", "status"), [
-    (1, "echo hello-from-linux", r"^hello-from-linux\r?$", 0),
-    (2, "nproc; exit 3", r"^2\r?$", 3),                                  # the guest counts its CPUs
+    (1, ["echo", "hello-from-linux"], r"^hello-from-linux\r?$", 0),
+    (2, ["sh", "-c", ARGV_SCRIPT, "sh", "a b", "c'd", "$HOME", ""], r"^2\r?\n<a b><c'd><\$HOME><>\r?$", 3),
 ])
 def test_linux_boots_and_runs_a_command(image, cpus, command, output, status):
     done = run_vmkit("run", "--image", image, "--cpus", str(cpus), "--memory", "256", "--cmdline", "panic=-1",
-                     "--", command, timeout=BOOT_TIMEOUT_S)
+                     "--", *command, timeout=BOOT_TIMEOUT_S)
     out = done.stdout
     assert "Linux version 6.1." in out                                   # the kernel banner
     assert f"smp: Brought up 1 node, {cpus} CPU" in out                  # every vCPU found
     memory = re.search(r"Memory: (\d+)K/(\d+)K available", out)
     assert memory and 240_000 <= int(memory.group(2)) <= 262_144         # its 256 MiB
     assert "Run /init as init process" in out
-    assert f"vmkit-init: running: {command}" in out                      # init got exactly the command
+    assert f"vmkit-init: running: {shlex.join(command)}" in out          # init got exactly the command
     assert re.search(output, out, re.MULTILINE), out[-3000:]             # its output, through the UART
     assert f"VMKIT_EXIT_STATUS={status}" in out
     assert done.returncode == status, done.stderr
@@ -66,7 +72,7 @@ def test_linux_reads_and_writes_an_ext4_disk(image, tmp_path):
     command = ("mkdir /tmp/m && mount -t ext4 /dev/vda /tmp/m && busybox sha256sum /tmp/m/data.bin"
                " && echo written-by-the-guest > /tmp/m/from-guest.txt && umount /tmp/m")
     done = run_vmkit("run", "--image", image, "--memory", "256", "--cmdline", "panic=-1",
-                     "--disk", str(disk), "--", command, timeout=BOOT_TIMEOUT_S)
+                     "--disk", str(disk), "--", "sh", "-c", command, timeout=BOOT_TIMEOUT_S)
     out = done.stdout
     assert "virtio_blk virtio0: [vda] 32768 512-byte logical blocks" in out, out[-3000:]
     assert re.search(rf"^{hashlib.sha256(payload).hexdigest()}  /tmp/m/data.bin\r?$", out, re.MULTILINE), out[-3000:]

@@ -64,7 +64,7 @@ def test_linux_mounts_reads_writes_and_stays_inside_its_shares(image, tmp_path):
 
     done = run_vmkit("run", "--image", image, "--memory", "256", "--cmdline", "panic=-1",
                      "--share", str(read_only), "--share", f"{writable},rw",
-                     "--", "sh /mnt/share0/check.sh", timeout=BOOT_TIMEOUT_S)
+                     "--", "sh", "/mnt/share0/check.sh", timeout=BOOT_TIMEOUT_S)
     out = done.stdout
     assert "SCRIPT-DONE" in out, out[-4000:] + done.stderr[-2000:]
     assert "cannot mount share" not in out

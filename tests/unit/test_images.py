@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vmkit.cli import ExitMarker
+from vmkit.cli import ExitMarker, command_parameter
 from vmkit.images import kernel, store
 from vmkit.images.cpio import CpioWriter
 from vmkit.images.initramfs import APPLETS, InitramfsError, build_initramfs, find_busybox
@@ -234,3 +234,20 @@ def test_make_gets_sigterm_when_vmkit_dies_outright(tmp_path):
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)   # the orphaned sleep
+
+
+@pytest.mark.parametrize("argv", [
+    ["uname", "-a"],
+    ["sh", "-c", "uname -a; nproc", "sh", "a b", "c'd", '"q"', "$HOME", "`id`", "", "line\nbreak", "tab\there"],
+    ["printf", "%s|", "ünïcode", "*", "~", ";", "&&", "\\"],
+])
+def test_a_command_reaches_init_as_the_same_argv(argv):
+    """What the image's init does with vmkit.cmd= (decode, then `eval "set -- ..."`), done by busybox's
+    sh here: the argv comes back exactly, and nothing in it is expanded or run."""
+    parameter = command_parameter(argv)
+    assert parameter.startswith("vmkit.cmd=") and " " not in parameter      # one word on the kernel line
+    encoded = parameter.removeprefix("vmkit.cmd=")
+    script = 'eval "set -- $(echo "$1" | base64 -d)"; for a in "$@"; do printf "%s\\0" "$a"; done'
+    done = subprocess.run(["busybox", "sh", "-c", script, "init", encoded], capture_output=True, check=True)
+    assert done.stdout.decode().split("\0")[:-1] == argv
+    assert command_parameter([]) == ""

@@ -1,5 +1,5 @@
 #!/bin/sh
-# vmkit's init: mount what commands need, run the command given after "--" on the kernel
+# vmkit's init: mount what commands need, run the command given as vmkit.cmd= on the kernel
 # command line, print its exit status as a marker the host reads, and power the VM off.
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -19,6 +19,9 @@ for vsock_device in /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio*; 
     vmkit-agent </dev/null &
     break
 done
+# The kernel command line's vmkit.* words (no globbing: a word is never a pattern). The command:
+# `vmkit run --image NAME -- ARGV...` passes ARGV shell-quoted and base64-encoded as vmkit.cmd=, so
+# every argument arrives exactly as given (spaces, quotes, newlines and all).
 # Networks (vmkit run --net): every NIC up. eth0 takes vmkit.ip=ADDR/PREFIX from the kernel
 # command line, ethN vmkit.ipN=ADDR/PREFIX, and vmkit.gw=ADDR is the default route; a NIC without
 # an address asks DHCP (passt answers it) when the kernel has packet sockets.
@@ -29,6 +32,7 @@ for arg in $(cat /proc/cmdline); do
         vmkit.ip=*) echo "${arg#*=}" > /tmp/.vmkit-ip-eth0 ;;
         vmkit.ip[0-9]=*) key=${arg%%=*}; echo "${arg#*=}" > "/tmp/.vmkit-ip-eth${key#vmkit.ip}" ;;
         vmkit.gw=*) net_gw=${arg#vmkit.gw=} ;;
+        vmkit.cmd=*) command_b64=${arg#vmkit.cmd=} ;;
     esac
 done
 set +f
@@ -47,11 +51,15 @@ for nic_dir in /sys/class/net/eth*; do
     fi
 done
 [ -z "$net_gw" ] || ip route add default via "$net_gw"
-echo "vmkit-init: running: $*"
-if [ $# -eq 0 ]; then
+if [ -n "$command_b64" ]; then
+    command_text=$(echo "$command_b64" | base64 -d)
+    eval "set -- $command_text"
+else
+    command_text=sh
     set -- sh
 fi
-sh -c "$*"
+echo "vmkit-init: running: $command_text"
+"$@"
 status=$?
 echo "VMKIT_EXIT_STATUS=$status"
 poweroff -f

@@ -36,7 +36,7 @@ exit 0
 APPLETS = (
     "sh", "mount", "umount", "poweroff", "reboot", "echo", "cat", "ls", "uname", "sleep", "true",
     "false", "mkdir", "dmesg", "grep", "nproc", "free", "env", "printf", "test", "[", "head",
-    "tail", "wc", "date", "id", "hostname", "ps", "df", "sync", "tr",
+    "tail", "wc", "date", "id", "hostname", "ps", "df", "sync", "tr", "base64",
     "ip", "udhcpc", "wget", "nc",
 )
 
