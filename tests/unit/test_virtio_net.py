@@ -56,7 +56,7 @@ class Host:
 class Rig:
     def __init__(self, backend, **kwargs) -> None:
         self.memory = GuestMemory.create(4 << 20)
-        self.rx, self.tx = Virtqueue(RX_QUEUE_SIZE), Virtqueue(TX_QUEUE_SIZE)
+        self.rx, self.tx = Virtqueue(RX_QUEUE_SIZE, 0), Virtqueue(TX_QUEUE_SIZE, 1)
         for queue, (desc, avail, used) in ((self.rx, (RX_DESC, RX_AVAIL, RX_USED)),
                                            (self.tx, (TX_DESC, TX_AVAIL, TX_USED))):
             queue.size, queue.desc_table, queue.avail_ring, queue.used_ring = 16, desc, avail, used

@@ -22,8 +22,7 @@ the 12-byte virtio_net_hdr.
   the one that finds the budget short is still delivered, and receiving stops (the fd unwatched,
   the backend's own queue holding the frames) until the budget has covered it.
 
-The transport tells a device its queues apart only by their objects, so rx and tx are made of
-different sizes and `process` tells them apart by that.
+`process` tells rx (queue 0) from tx (queue 1) by the queue's index.
 """
 
 from __future__ import annotations
@@ -58,6 +57,7 @@ from vmkit.memory import GuestMemory
 
 RX_QUEUE, TX_QUEUE = 0, 1
 RX_QUEUE_SIZE, TX_QUEUE_SIZE = 256, 128
+RX, TX = 0, 1                             # queue indices
 CONFIG = struct.Struct("<6sHHH")          # mac, status, max_virtqueue_pairs, mtu
 NUM_BUFFERS_AT = 10
 
@@ -133,7 +133,7 @@ class VirtioNet:
             self.backend.set_offloads(0)
 
     def process(self, queue: Virtqueue, memory: GuestMemory) -> bool:
-        if queue.max_size == RX_QUEUE_SIZE:
+        if queue.index == RX:
             return self._receive(queue, memory)
         return self._transmit(queue, memory)
 
