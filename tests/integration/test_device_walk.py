@@ -57,14 +57,14 @@ def test_a_state_from_another_machine_or_a_damaged_one_is_refused(machine_factor
     same, _ = machine_factory("blk_check", **config)
     blk = saved.virtio[1]
     queue = dataclasses.replace(blk.transport.queues[0], ready=True, desc_table=1 << 40)
-    damaged = dataclasses.replace(saved, virtio=(saved.virtio[0], dataclasses.replace(
-        blk, transport=dataclasses.replace(blk.transport, queues=(queue,)))))
+    damaged = saved._replace(virtio=(saved.virtio[0], blk._replace(
+        transport=dataclasses.replace(blk.transport, queues=(queue,)))))
     with pytest.raises(StateError, match=r"^devices\.virtio\[slot 2\] \(virtio-blk0\): queues\[0\]: descriptor table"):
         same.devices.restore(damaged)
-    wrong_disk = dataclasses.replace(saved, virtio=(saved.virtio[0], dataclasses.replace(
-        blk, device=dataclasses.replace(blk.device, capacity=1 << 30))))
+    wrong_disk = saved._replace(virtio=(saved.virtio[0], blk._replace(
+        device=dataclasses.replace(blk.device, capacity=1 << 30))))
     with pytest.raises(StateError, match=r"virtio-blk0\.capacity: 1073741824 bytes saved, the disk has 16777216"):
         same.devices.restore(wrong_disk)
-    renamed = dataclasses.replace(saved, legacy=saved.legacy[1:])
+    renamed = saved._replace(legacy=saved.legacy[1:])
     with pytest.raises(StateError, match=r"^devices\.legacy: \['i8042'"):
         same.devices.restore(renamed)

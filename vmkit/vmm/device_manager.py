@@ -12,7 +12,6 @@ a link to the host, in vmm/links.py).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -44,15 +43,13 @@ class LegacyDevice(BusDevice, Stateful, Protocol):
     """A device on fixed ports that keeps its state for snapshots."""
 
 
-@dataclass(frozen=True)
-class VirtioDeviceState:
+class VirtioDeviceState(NamedTuple):
     slot: int
     transport: FunctionState      # configuration space, MSI-X, queues (devices/virtio/state.py)
     device: object                # the device type's own (its save())
 
 
-@dataclass(frozen=True)
-class DevicesState:
+class DevicesState(NamedTuple):
     """Every device of a machine, in the order they were placed."""
 
     legacy: tuple[tuple[str, object], ...]

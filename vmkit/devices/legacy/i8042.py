@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vmkit.devices.bus import BYTE_WIDE
 from vmkit.devices.state import check, check_int, check_type
@@ -34,8 +34,7 @@ CMD_WRITE_OUTPUT_PORT = 0xD1
 CMD_PULSE_RESET = 0xFE
 
 
-@dataclass(frozen=True)
-class I8042State:
+class I8042State(NamedTuple):
     ctr: int = 0x00
     status: int = STATUS_SYSTEM_FLAG | STATUS_NOT_INHIBITED
     output: int | None = None          # a byte waiting on the data port

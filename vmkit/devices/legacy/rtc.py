@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vmkit.devices.bus import BYTE_WIDE
 from vmkit.devices.state import check, check_int, check_type
@@ -38,11 +38,10 @@ def _initial_cmos() -> bytes:
     return bytes(cmos)
 
 
-@dataclass(frozen=True)
-class RtcState:
+class RtcState(NamedTuple):
     """The index register and the CMOS bytes (the clock registers are read from the host's clock)."""
 
-    index: int = 0
+    selected: int = 0           # the register the index port selects
     cmos: bytes = _initial_cmos()
 
 
@@ -65,13 +64,13 @@ class CmosRtc:
     def restore(self, state: object) -> None:
         check_type(state, RtcState, self.label)
         assert isinstance(state, RtcState)
-        check_int(state.index, f"{self.label}.index", 0x7F)
+        check_int(state.selected, f"{self.label}.selected", 0x7F)
         check(isinstance(state.cmos, bytes) and len(state.cmos) == CMOS_BYTES, f"{self.label}.cmos",
               f"is not {CMOS_BYTES} bytes")
         check(state.cmos[REG_STATUS_C] == 0 and state.cmos[REG_STATUS_D] == STATUS_D_VALID, f"{self.label}.cmos",
               "status registers C and D are read-only (0 and 'valid')")
         with self._lock:
-            self.index, self.cmos[:] = state.index, state.cmos
+            self.index, self.cmos[:] = state.selected, state.cmos
 
     def reset(self) -> None:
         with self._lock:

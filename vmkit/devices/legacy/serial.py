@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vmkit.devices.bus import BYTE_WIDE
 from vmkit.devices.state import check, check_int, check_type
@@ -37,8 +37,7 @@ OutputSink = Callable[[bytes], None]
 IrqLine = Callable[[bool], None]
 
 
-@dataclass(frozen=True)
-class SerialState:
+class SerialState(NamedTuple):
     """The UART's registers and the bytes the guest has not read yet."""
 
     ier: int = 0

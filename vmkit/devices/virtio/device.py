@@ -57,7 +57,7 @@ class VirtioDevice(Protocol):
         ...
 
     def save(self) -> object:
-        """The device's own guest-visible state (beyond the transport's), as a frozen dataclass
+        """The device's own guest-visible state (beyond the transport's), as immutable plain data
         (vmkit/devices/state.py); vmkit.devices.state.NoState when it keeps none."""
         ...
 
