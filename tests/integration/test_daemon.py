@@ -66,10 +66,13 @@ class Daemon:
         return self.client.request("GET", f"/vms/{name}")
 
     def wait_state(self, name: str, state: str, timeout: float = 20) -> dict:
+        """The VM once it is in `state` (and, for "exited", once its exit record has been read: a
+        full CI run once saw a VM listed as exited whose status was still None for a moment)."""
         deadline = time.monotonic() + timeout
         while True:
             vm = self.vm(name)
-            if vm["state"] == state or time.monotonic() > deadline:
+            settled = vm["state"] == state and (state != "exited" or vm.get("exit") is not None)
+            if settled or time.monotonic() > deadline:
                 assert vm["state"] == state, vm
                 return vm
             time.sleep(0.02)
