@@ -87,7 +87,7 @@ def test_a_client_configures_starts_pauses_and_resumes_a_guest(firecracker, tmp_
             ("PUT", "/entropy", {})]:
         assert "only before the VM starts (it is Running" in api.fault(method, path, body), path
     assert "started already" in api.fault("PUT", "/actions", {"action_type": "InstanceStart"})
-    assert "Ctrl-Alt-Del" in api.fault("PUT", "/actions", {"action_type": "SendCtrlAltDel"})
+    api.ok("PUT", "/actions", {"action_type": "SendCtrlAltDel"})   # the power button: this guest ignores it
     assert "Resumed" in api.fault("PATCH", "/vm", {"state": "Resumed"})
     assert "swap" in api.fault("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": HELLO})
 

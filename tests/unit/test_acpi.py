@@ -1,11 +1,16 @@
-"""ACPI tables (checksums, FADT registers, _S5_, MADT) and the power register device."""
+"""ACPI tables (checksums, FADT registers, _S5_, MADT, the DSDT's devices), the power register device and
+the power button."""
 
+import shutil
 import struct
+import subprocess
+import threading
 
 import pytest
 
-from vmkit.arch.x86 import acpi
+from vmkit.arch.x86 import acpi, layout
 from vmkit.devices.legacy.acpi_power import AcpiPower
+from vmkit.devices.legacy.power_button import PowerButton
 from vmkit.memory import GuestMemory
 
 
@@ -103,9 +108,7 @@ def test_aml_package_lengths():
 def test_dsdt_describes_the_pci_root_and_its_windows():
     """Written from ACPI 6.4 (6.4.3.5 address space descriptors) and the PCI Firmware spec: a
     PNP0A08 root with bus 0, the 0xCF8 ports, I/O around them, and the BAR window below ECAM."""
-    dsdt = acpi.dsdt()
-    root = dsdt.index(b"\\\x2e_SB_PCI0")
-    body = dsdt[root:]
+    body = _device_body(acpi.dsdt(), b"PCI0")
     assert b"_HID\x0c\x41\xd0\x0a\x08" in body and b"_CID\x0c\x41\xd0\x0a\x03" in body   # PNP0A08, PNP0A03
     assert b"_SEG\x00" in body and b"_BBN\x00" in body
     crs = body[body.index(b"_CRS") + 4:]
@@ -117,3 +120,68 @@ def test_dsdt_describes_the_pci_root_and_its_windows():
     assert bytes([0x88, 13, 0, 1, 0x0C, 3]) + struct.pack("<HHHHH", 0, 0xD00, 0xFFFF, 0, 0xF300) in resources
     window = bytes([0x87, 23, 0, 0, 0x0C, 1]) + struct.pack("<IIIII", 0, 0xC0000000, 0xDFFFFFFF, 0, 0x20000000)
     assert window in resources and resources.endswith(bytes([0x79, 0]))
+
+
+def _device_body(dsdt: bytes, name: bytes) -> bytes:
+    """Device (\\_SB.name)'s path and body, read back through its PkgLength (one or two bytes)."""
+    at = dsdt.index(b"\\\x2e_SB_" + name)
+    if dsdt[at - 3 : at - 1] == acpi.AML_DEVICE and dsdt[at - 1] < 0x40:
+        return dsdt[at : at - 1 + dsdt[at - 1]]
+    assert dsdt[at - 4 : at - 2] == acpi.AML_DEVICE and dsdt[at - 2] >> 6 == 1
+    return dsdt[at : at - 2 + ((dsdt[at - 2] & 0x0F) | (dsdt[at - 1] << 4))]
+
+
+def test_dsdt_has_a_power_button_and_a_generic_event_device_that_notifies_it():
+    """Written from ACPI 6.4: 5.6.9 (the GED, _EVT called with the GSI), 6.4.3.6 (Extended Interrupt
+    descriptor), 20.2.5 (Method, If, LEqual, Notify encodings), 4.8.2.2.1.3 (button Notify 0x80)."""
+    dsdt = acpi.dsdt()
+    button = _device_body(dsdt, b"PWRB")
+    assert button == b"\\\x2e_SB_PWRB" + b"\x08_HID\x0c\x41\xd0\x0c\x0c" + b"\x08_UID\x00"   # EisaId PNP0C0C
+    ged = _device_body(dsdt, b"GED_")
+    assert ged.startswith(b"\\\x2e_SB_GED_\x08_HID\x0dACPI0013\x00\x08_UID\x00")
+    crs = ged[ged.index(b"_CRS") + 4:]
+    gsi = layout.POWER_BUTTON_GSI
+    interrupt = bytes([0x89, 6, 0, 0x03, 1]) + struct.pack("<I", gsi)      # consumer, edge, high, exclusive
+    assert crs[:4] == bytes([0x11, 2 + 1 + len(interrupt) + 2, 0x0A, len(interrupt) + 2])
+    assert crs[4 : 4 + len(interrupt) + 2] == interrupt + b"\x79\x00"
+    method = crs[4 + len(interrupt) + 2:]
+    notify = b"\x86\\\x2e_SB_PWRB\x0a\x80"                                   # Notify (\_SB.PWRB, 0x80)
+    body_if = b"\xa0" + bytes([1 + 4 + len(notify)]) + b"\x93\x68\x0a" + bytes([gsi]) + notify
+    assert method == b"\x14" + bytes([1 + 5 + len(body_if)]) + b"_EVT\x01" + body_if
+    assert dsdt.endswith(method)                                            # the GED is the last object
+
+
+def test_dsdt_disassembles_with_iasl(tmp_path):
+    """ACPICA's disassembler reads the DSDT back as the ASL vmkit means (acpica-tools)."""
+    iasl = shutil.which("iasl")
+    if iasl is None:
+        pytest.skip("iasl is not installed (apt-get install acpica-tools): the DSDT is checked byte by byte only")
+    (tmp_path / "dsdt.dat").write_bytes(acpi.dsdt())
+    done = subprocess.run([iasl, "-d", "dsdt.dat"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    asl = " ".join((tmp_path / "dsdt.dsl").read_text().split())
+    gsi = f"0x{layout.POWER_BUTTON_GSI:08X}"
+    for expected in ('Name (_S5, Package (0x04) // _S5_: S5 System State { 0x05, Zero, Zero, Zero })',
+                     'Device (\\_SB.COM1) { Name (_HID, EisaId ("PNP0501")',
+                     'IRQNoFlags () {4}',                                   # edge, active high
+                     'Device (\\_SB.PCI0) { Name (_HID, EisaId ("PNP0A08")',
+                     'Device (\\_SB.PWRB) { Name (_HID, EisaId ("PNP0C0C")',
+                     'Device (\\_SB.GED) { Name (_HID, "ACPI0013"',
+                     f'Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) {{ {gsi}, }}',
+                     f'Method (_EVT, 1, NotSerialized) // _EVT: Event {{ If ((Arg0 == 0x{layout.POWER_BUTTON_GSI:02X})) '
+                     '{ Notify (\\_SB.PWRB, 0x80) // Status Change } }'):
+        assert expected in asl, asl
+
+
+def test_power_button_press_is_one_edge_from_any_thread():
+    lines = []
+    button = PowerButton(lines.append)
+    button.press()
+    assert lines == [True, False] and button.presses == 1
+    threads = [threading.Thread(target=lambda: [button.press() for _ in range(200)]) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert button.presses == 801
+    assert lines == [True, False] * 801                       # every press is a whole edge, never interleaved

@@ -24,6 +24,7 @@ from vmkit.devices.bus import Bus
 from vmkit.devices.legacy.acpi_power import AcpiPower
 from vmkit.devices.legacy.debug_exit import DebugConsole, DebugExit
 from vmkit.devices.legacy.i8042 import I8042
+from vmkit.devices.legacy.power_button import PowerButton
 from vmkit.devices.legacy.rtc import CmosRtc
 from vmkit.devices.legacy.serial import Serial16550
 from vmkit.kvm import Kvm, KvmError, VcpuFd, VmFd
@@ -117,6 +118,7 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         devices.add_legacy("debugcon", DebugConsole(config.console_output), layout.DEBUGCON_PORT, 1)
         devices.add_legacy("acpi-power", AcpiPower(lambda: end_vm(outcome.POWEROFF), lambda: end_vm(outcome.RESET),
                                                    acpi.RESET_VALUE), acpi.SLEEP_CONTROL_PORT, 3)
+        power_button = PowerButton(partial(vm_fd.set_irq_line, layout.POWER_BUTTON_GSI))   # the DSDT's GED
         for name in config.devices:
             devices.add_virtio(VIRTIO_FACTORIES[name]())
         if disks:
@@ -148,7 +150,7 @@ def build_machine(config: VmConfig, kvm: Kvm | None = None) -> Machine:
         lifecycle = Lifecycle(config.vcpus)
         runners = [VcpuRunner(v, pio, mmio, end_vm, lifecycle, complete_unemulated=on_pvm) for v in vcpus]
         machine = Machine(kvm, vm_fd, memory, Buses(pio, mmio), runners, lifecycle, boot, ending, devices, serial,
-                          io_engine=engine, io_resources=resources, notes=notes)
+                          io_engine=engine, io_resources=resources, notes=notes, power_button=power_button)
         return machine
     except BaseException:
         for resource in resources:

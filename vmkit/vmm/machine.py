@@ -6,8 +6,9 @@ from typing import NamedTuple, Protocol
 
 from vmkit.arch.x86.boot import BootPlan
 from vmkit.devices.bus import Bus
+from vmkit.devices.legacy.power_button import PowerButton
 from vmkit.devices.legacy.serial import Serial16550
-from vmkit.kvm import Kvm, VmFd
+from vmkit.kvm import Kvm, KvmError, VmFd
 from vmkit.memory import GuestMemory
 from vmkit.vmm.device_manager import DeviceManager
 from vmkit.vmm.ending import Ending
@@ -35,7 +36,8 @@ class Machine:
     def __init__(self, kvm: Kvm, vm_fd: VmFd, memory: GuestMemory, buses: Buses,
                  runners: list[VcpuRunner], lifecycle: Lifecycle, boot: BootPlan, ending: Ending,
                  devices: DeviceManager, console: Serial16550, io_engine: IoEngine | None = None,
-                 io_resources: list[Closable] | None = None, notes: list[str] | None = None) -> None:
+                 io_resources: list[Closable] | None = None, notes: list[str] | None = None,
+                 power_button: PowerButton | None = None) -> None:
         self.kvm = kvm
         self.vm_fd = vm_fd
         self.memory = memory
@@ -47,6 +49,7 @@ class Machine:
         self.io_engine = io_engine
         self.io_resources = io_resources or []
         self.notes = notes or []          # what a user should know about this machine (said once)
+        self.power_button = power_button  # the ACPI power button (the builder always makes one)
         self.lifecycle = lifecycle
         self.ending = ending
         ending.on_end(self._stop_vcpus)
@@ -75,6 +78,18 @@ class Machine:
 
     def resume(self) -> None:
         self.lifecycle.apply(Command.RESUME)
+
+    def press_power_button(self) -> bool:
+        """Press the ACPI power button once (from any thread): a guest that handles it shuts down and
+        powers off; one that does not goes on running. A paused guest sees the press when resumed.
+        False, and nothing pressed, when the VM is not running or paused (not started, or ended)."""
+        if self.power_button is None or self.lifecycle.state not in (VmState.RUNNING, VmState.PAUSED):
+            return False
+        try:
+            self.power_button.press()
+        except KvmError:
+            return False                          # the machine closed meanwhile
+        return True
 
     def stop(self, reason: Outcome) -> None:
         """Stop the VM from the host side (signal, console, API); the first ending reported wins."""

@@ -2,7 +2,10 @@
 
 The DSDT holds the sleep type for power-off (_S5_) and the one legacy device with an interrupt,
 the COM1 UART: on a hardware-reduced platform Linux sets up no legacy (ISA) interrupts, so the
-UART's IRQ reaches it only through this description.
+UART's IRQ reaches it only through this description. A hardware-reduced platform has no fixed
+power button either: the DSDT's Generic Event Device (ACPI0013) owns one interrupt, and its _EVT
+method notifies the control-method power button (PNP0C0C) with 0x80, "button pressed"
+(devices/legacy/power_button.py raises that interrupt).
 
 Power-off and reset go through two I/O-port registers named in the FADT
 (the ACPI 5+ sleep control register and the reset register), served by
@@ -24,6 +27,7 @@ from vmkit.arch.x86.layout import (
     PCI_CONFIG_PORT,
     PCI_ECAM_ADDR,
     PCI_MMIO_BASE,
+    POWER_BUTTON_GSI,
 )
 from vmkit.memory import GuestMemory
 
@@ -64,9 +68,13 @@ def _gas_io(port: int) -> bytes:
 
 # AML opcodes and resource descriptors (ACPI 6.4, sections 20 and 6.4)
 AML_NAME, AML_BUFFER, AML_PACKAGE, AML_BYTE, AML_DWORD, AML_ZERO = 0x08, 0x11, 0x12, 0x0A, 0x0C, 0x00
+AML_STRING, AML_METHOD, AML_IF, AML_LEQUAL, AML_NOTIFY, AML_ARG0 = 0x0D, 0x14, 0xA0, 0x93, 0x86, 0x68
 AML_DEVICE = b"\x5b\x82"
 AML_ROOT, AML_DUAL_NAME = b"\\", b"\x2e"
 RESOURCE_IO, RESOURCE_IRQ, RESOURCE_END = 0x47, 0x22, 0x79
+RESOURCE_EXTENDED_IRQ = 0x89
+EXTENDED_IRQ_CONSUMER, EXTENDED_IRQ_EDGE = 0x01, 0x02   # flags: active high, exclusive, not wake
+NOTIFY_BUTTON_PRESSED = 0x80           # Notify value of a control-method button (ACPI 6.4, 4.8.2.2.1.3)
 
 
 def _pkg_length(body: bytes) -> bytes:
@@ -87,17 +95,72 @@ def _eisa_id(text: str) -> int:
     return int.from_bytes(struct.pack(">HH", letters, int(text[3:], 16)), "little")
 
 
+def _root_path(name: bytes) -> bytes:
+    """The NameString \\_SB.name (name is four characters)."""
+    return AML_ROOT + AML_DUAL_NAME + b"_SB_" + name
+
+
+def _device(name: bytes, body: bytes) -> bytes:
+    """Device (\\_SB.name) { body }."""
+    inner = _root_path(name) + body
+    return AML_DEVICE + _pkg_length(inner) + inner
+
+
+def _name(name: bytes, value: bytes) -> bytes:
+    return bytes([AML_NAME]) + name + value
+
+
+def _string(text: str) -> bytes:
+    return bytes([AML_STRING]) + text.encode("ascii") + b"\0"
+
+
+def _byte(value: int) -> bytes:
+    return bytes([AML_BYTE, value])
+
+
+def _buffer(data: bytes) -> bytes:
+    """Buffer () { data }, its size a ByteConst (data of at most 255 bytes)."""
+    inner = _byte(len(data)) + data
+    return bytes([AML_BUFFER]) + _pkg_length(inner) + inner
+
+
+def _method(name: bytes, arg_count: int, body: bytes) -> bytes:
+    """Method (name, arg_count, NotSerialized) { body }."""
+    inner = name + bytes([arg_count & 0x7]) + body
+    return bytes([AML_METHOD]) + _pkg_length(inner) + inner
+
+
+def _if(predicate: bytes, body: bytes) -> bytes:
+    inner = predicate + body
+    return bytes([AML_IF]) + _pkg_length(inner) + inner
+
+
 def _uart_device(name: bytes, port: int, irq: int) -> bytes:
     """Device (\\_SB.name) { _HID PNP0501 (16550A), _UID 0, _CRS { IO (port, 8 bytes), IRQ } }."""
     resources = (struct.pack("<BBHHBB", RESOURCE_IO, 1, port, port, 1, 8)   # 16-bit decode
                  + struct.pack("<BH", RESOURCE_IRQ, 1 << irq)              # edge, active high
                  + bytes([RESOURCE_END, 0]))
-    crs = bytes([AML_BYTE, len(resources)]) + resources
-    body = (AML_ROOT + AML_DUAL_NAME + b"_SB_" + name
-            + bytes([AML_NAME]) + b"_HID" + bytes([AML_DWORD]) + struct.pack("<I", _eisa_id("PNP0501"))
-            + bytes([AML_NAME]) + b"_UID" + bytes([AML_ZERO])
-            + bytes([AML_NAME]) + b"_CRS" + bytes([AML_BUFFER]) + _pkg_length(crs) + crs)
-    return AML_DEVICE + _pkg_length(body) + body
+    return _device(name, _name(b"_HID", bytes([AML_DWORD]) + struct.pack("<I", _eisa_id("PNP0501")))
+                   + _name(b"_UID", bytes([AML_ZERO]))
+                   + _name(b"_CRS", _buffer(resources)))
+
+
+def _power_button() -> bytes:
+    """Device (\\_SB.PWRB): the control-method power button (PNP0C0C); Linux's button driver turns
+    its Notify 0x80 into a KEY_POWER press on an input device."""
+    return _device(b"PWRB", _name(b"_HID", bytes([AML_DWORD]) + struct.pack("<I", _eisa_id("PNP0C0C")))
+                   + _name(b"_UID", bytes([AML_ZERO])))
+
+
+def _generic_event_device(gsi: int) -> bytes:
+    """Device (\\_SB.GED_): the Generic Event Device (ACPI0013, ACPI 6.4 section 5.6.9) with one
+    edge-triggered, active-high interrupt on `gsi`; its _EVT (called with the GSI that fired)
+    notifies the power button: Method (_EVT, 1) { If (Arg0 == gsi) { Notify (\\_SB.PWRB, 0x80) } }."""
+    interrupt = struct.pack("<BHBBI", RESOURCE_EXTENDED_IRQ, 6, EXTENDED_IRQ_CONSUMER | EXTENDED_IRQ_EDGE, 1, gsi)
+    notify = bytes([AML_NOTIFY]) + _root_path(b"PWRB") + _byte(NOTIFY_BUTTON_PRESSED)
+    evt = _method(b"_EVT", 1, _if(bytes([AML_LEQUAL, AML_ARG0]) + _byte(gsi), notify))
+    return _device(b"GED_", _name(b"_HID", _string("ACPI0013")) + _name(b"_UID", bytes([AML_ZERO]))
+                   + _name(b"_CRS", _buffer(interrupt + bytes([RESOURCE_END, 0]))) + evt)
 
 
 RESOURCE_WORD_ADDRESS, RESOURCE_DWORD_ADDRESS = 0x88, 0x87
@@ -116,10 +179,6 @@ def _dword_window(space: int, specific: int, low: int, high: int) -> bytes:
                        0, low, high, 0, high - low + 1)
 
 
-def _name(name: bytes, value: bytes) -> bytes:
-    return bytes([AML_NAME]) + name + value
-
-
 def _pci_root() -> bytes:
     """Device (\\_SB.PCI0): the PCI Express root of bus 0 (PNP0A08, compatible with PNP0A03), with the
     windows it decodes: bus 0, the 0xCF8 ports, the rest of the I/O space, and the BAR window below
@@ -130,20 +189,18 @@ def _pci_root() -> bytes:
                  + _word_window(SPACE_IO, IO_ENTIRE_RANGE, PCI_CONFIG_PORT + 8, 0xFFFF)
                  + _dword_window(SPACE_MEMORY, MEMORY_READ_WRITE, PCI_MMIO_BASE, PCI_ECAM_ADDR - 1)
                  + bytes([RESOURCE_END, 0]))
-    crs = bytes([AML_BYTE, len(resources)]) + resources
-    body = (AML_ROOT + AML_DUAL_NAME + b"_SB_" + b"PCI0"
-            + _name(b"_HID", bytes([AML_DWORD]) + struct.pack("<I", _eisa_id("PNP0A08")))
-            + _name(b"_CID", bytes([AML_DWORD]) + struct.pack("<I", _eisa_id("PNP0A03")))
-            + _name(b"_SEG", bytes([AML_ZERO])) + _name(b"_BBN", bytes([AML_ZERO]))
-            + _name(b"_UID", bytes([AML_ZERO]))
-            + _name(b"_CRS", bytes([AML_BUFFER]) + _pkg_length(crs) + crs))
-    return AML_DEVICE + _pkg_length(body) + body
+    return _device(b"PCI0", _name(b"_HID", bytes([AML_DWORD]) + struct.pack("<I", _eisa_id("PNP0A08")))
+                   + _name(b"_CID", bytes([AML_DWORD]) + struct.pack("<I", _eisa_id("PNP0A03")))
+                   + _name(b"_SEG", bytes([AML_ZERO])) + _name(b"_BBN", bytes([AML_ZERO]))
+                   + _name(b"_UID", bytes([AML_ZERO]))
+                   + _name(b"_CRS", _buffer(resources)))
 
 
 def dsdt() -> bytes:
     # Name (_S5_, Package (4) { 5, 0, 0, 0 }): the sleep type a guest writes to power off.
     s5 = bytes([AML_NAME]) + b"_S5_" + bytes([AML_PACKAGE, 0x07, 0x04, AML_BYTE, S5_SLEEP_TYPE, 0, 0, 0])
-    return _table(b"DSDT", 2, s5 + _uart_device(b"COM1", COM1_PORT, COM1_IRQ) + _pci_root())
+    return _table(b"DSDT", 2, s5 + _uart_device(b"COM1", COM1_PORT, COM1_IRQ) + _pci_root()
+                  + _power_button() + _generic_event_device(POWER_BUTTON_GSI))
 
 
 def fadt(dsdt_addr: int) -> bytes:

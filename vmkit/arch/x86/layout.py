@@ -21,6 +21,8 @@ KERNEL_LOAD_ADDR = 0x100000
 
 # Port I/O: the legacy devices' fixed ports (the ACPI power registers are in acpi.py, named by the FADT)
 COM1_PORT, COM1_IRQ = 0x3F8, 4   # the console UART, as on every PC; described in the ACPI DSDT
+POWER_BUTTON_GSI = 16            # the ACPI power button's Generic Event Device: an IOAPIC pin no
+                                 # ISA device or PIC line shares (DSDT _SB.GED_)
 I8042_PORT = 0x60                # 0x60 data, 0x64 command/status
 RTC_PORT = 0x70                  # 0x70 index, 0x71 data
 DEBUG_EXIT_PORT = 0xF4           # QEMU's isa-debug-exit
