@@ -646,7 +646,7 @@ class TwoQueues:
     queue_sizes = (8, 16)
 
     def __init__(self):
-        self.served, self.resets = [], 0
+        self.served, self.resets, self.activations = [], 0, []
 
     def config(self):
         return bytes(range(0xA1, 0xA9))
@@ -657,6 +657,9 @@ class TwoQueues:
 
     def reset(self):
         self.resets += 1
+
+    def activate(self, features):
+        self.activations.append(features)
 
     def attach(self, host):
         pass
@@ -710,6 +713,42 @@ def test_device_configuration_fields_are_read_at_the_device_structure(two):
     assert bus.read(BAR + 0x2000, 1) == b"\xa1" and bus.read(BAR + 0x2003, 2) == b"\xa4\xa5"
     assert bus.read(BAR + 0x2004, 8) == bytes([0xA5, 0xA6, 0xA7, 0xA8, 0, 0, 0, 0])
     assert bus.read(BAR + 0x2008, 4) == bytes(4) and bus.read(BAR + 0x1FFF, 1) == b"\0"
+
+
+def _status(bus, value):
+    bus.write(BAR + 0x14, bytes([value]))
+
+
+def _accept(bus, features):
+    for half in (0, 1):
+        bus.write(BAR + 0x08, struct.pack("<I", half))
+        bus.write(BAR + 0x0C, struct.pack("<I", (features >> (32 * half)) & 0xFFFFFFFF))
+
+
+def test_the_device_is_told_the_negotiated_features_once_at_driver_ok(two):
+    function, device, bus = two
+    _status(bus, ACKNOWLEDGE | DRIVER)
+    _accept(bus, VERSION_1 | 1 << 3)
+    _status(bus, ACKNOWLEDGE | DRIVER | FEATURES_OK)
+    assert device.activations == []                                   # not final until DRIVER_OK
+    _status(bus, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)
+    _status(bus, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)      # written again: no news
+    assert device.activations == [VERSION_1 | 1 << 3]
+    _status(bus, 0)                                                   # reset, then fewer features
+    _status(bus, ACKNOWLEDGE | DRIVER)
+    _accept(bus, VERSION_1)
+    _status(bus, ACKNOWLEDGE | DRIVER | FEATURES_OK)
+    _status(bus, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)
+    assert device.activations == [VERSION_1 | 1 << 3, VERSION_1]
+
+
+def test_a_driver_that_skips_features_ok_activates_nothing(two):
+    function, device, bus = two
+    _status(bus, ACKNOWLEDGE | DRIVER)
+    _accept(bus, VERSION_1 | 1 << 5)                                  # a feature never offered
+    _status(bus, ACKNOWLEDGE | DRIVER | FEATURES_OK)                  # refused
+    _status(bus, ACKNOWLEDGE | DRIVER | DRIVER_OK)
+    assert device.activations == []
 
 
 def test_a_reset_resets_the_device_type_too(two):
@@ -826,6 +865,9 @@ class Scripted:
         return b""
 
     def reset(self):
+        pass
+
+    def activate(self, features):
         pass
 
     def attach(self, host):

@@ -96,6 +96,9 @@ class VirtioBlk:
     def reset(self) -> None:
         pass
 
+    def activate(self, features: int) -> None:
+        pass                                            # it serves the same whatever was negotiated
+
     def attach(self, host: DeviceHost) -> None:
         self._host = host                        # a rate limit's wait runs on its timers
 

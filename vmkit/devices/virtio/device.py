@@ -52,6 +52,11 @@ class VirtioDevice(Protocol):
 
     def reset(self) -> None: ...
 
+    def activate(self, features: int) -> None:
+        """The driver accepted `features` (a subset of `features` offered) and set DRIVER_OK; a reset
+        takes the device back to none."""
+        ...
+
     def attach(self, host: DeviceHost) -> None:
         """Called once, when the device is placed in a machine: what it may ask of it."""
         ...

@@ -192,7 +192,10 @@ class VirtioPciDevice:
             unknown = self.driver_features & ~self.device.features
             if unknown or not self.driver_features & VIRTIO_F_VERSION_1:
                 value &= ~STATUS_FEATURES_OK             # refuse: the driver sees FEATURES_OK clear
+        starting = value & STATUS_DRIVER_OK and not self.status & STATUS_DRIVER_OK
         self.status = value | (self.status & STATUS_NEEDS_RESET)
+        if starting and value & STATUS_FEATURES_OK:
+            self.device.activate(self.driver_features)   # the features are final: the device may use them
 
     # --- notifications -------------------------------------------------------
     def notify(self, queue_index: int) -> None:

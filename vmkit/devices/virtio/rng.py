@@ -34,5 +34,8 @@ class VirtioRng(Stateless):
             served = True
         return served
 
+    def activate(self, features: int) -> None:
+        pass                                            # it serves the same whatever was negotiated
+
     def attach(self, host: DeviceHost) -> None:
         pass                                            # it only answers kicks

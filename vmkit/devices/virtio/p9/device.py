@@ -71,6 +71,9 @@ class VirtioP9:
     def config(self) -> bytes:
         return self._config
 
+    def activate(self, features: int) -> None:
+        pass                                            # it serves the same whatever was negotiated
+
     def attach(self, host: DeviceHost) -> None:
         pass                                            # it only answers kicks
 
