@@ -18,6 +18,7 @@ from vmkit.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, Vi
 from vmkit.devices.virtio.state import StateError
 from vmkit.memory import GuestMemory
 from vmkit.vmm.config import ConfigError
+from vmkit.vmm.links import parse_links
 from vmkit.vmm.share_option import parse_option as parse_share_option
 
 DESC, AVAIL, USED = 0x10000, 0x11000, 0x12000
@@ -228,3 +229,13 @@ def test_vmkit_run_names_a_bad_share_before_any_vm(tmp_path):
     done = run_vmkit("run", "--share", str(tmp_path / "nowhere"))
     assert done.returncode == 125
     assert f"--share '{tmp_path / 'nowhere'}'" in done.stderr and "does not exist" in done.stderr
+
+
+def test_two_shares_with_one_tag_are_refused_before_any_vm(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert parse_links({"--share": [str(tmp_path / "a"), str(tmp_path / "b")]})[1].tag == "share1"
+    with pytest.raises(ConfigError, match=r"--share .*b: tag 'share0' is already the tag of --share .*a"):
+        parse_links({"--share": [str(tmp_path / "a"), f"{tmp_path / 'b'},tag=share0"]})
+    done = run_vmkit("run", "--share", f"{tmp_path / 'a'},tag=src", "--share", f"{tmp_path / 'b'},tag=src")
+    assert done.returncode == 125 and "tag 'src' is already the tag of" in done.stderr

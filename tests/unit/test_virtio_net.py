@@ -18,6 +18,8 @@ from vmkit.devices.virtio.net.tap import TapBackend, check_tap_name, tun_offload
 from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
 from vmkit.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, Virtqueue, VirtqueueError
 from vmkit.memory import GuestMemory
+from vmkit.vmm.config import ConfigError
+from vmkit.vmm.links import parse_links
 
 RX_DESC, RX_AVAIL, RX_USED = 0x10000, 0x11000, 0x12000
 TX_DESC, TX_AVAIL, TX_USED = 0x14000, 0x15000, 0x16000
@@ -398,6 +400,19 @@ def test_option_parsing():
             parse_net(bad, 0)
         assert str(info.value).startswith(f"--net {bad}:")
     assert check_tap_name("tap0") is None and check_tap_name("a b") is not None
+
+
+def test_nics_are_checked_together_for_macs_taps_and_forwarded_ports():
+    two = parse_links({"--net": ["user", "user"]})
+    assert len({spec.mac for spec in two}) == 2                       # derived MACs differ by index
+    for values, part in [(["tap=a,mac=02:00:00:00:00:01", "user,mac=02:00:00:00:00:01"],
+                          "--net user,mac=02:00:00:00:00:01: MAC 02:00:00:00:00:01 is already that of --net tap=a"),
+                         (["tap=a", "tap=a"], "--net tap=a: tap 'a' is already used by --net tap=a"),
+                         (["user,hostfwd=tcp:8080:80", "user,hostfwd=tcp:8080:81"],
+                          "host port 8080 is already forwarded by --net user,hostfwd=tcp:8080:80")]:
+        with pytest.raises(ConfigError) as info:
+            parse_links({"--net": values})
+        assert part in str(info.value)
 
 
 def test_fuzz_tx_chains(tap_rig):

@@ -59,11 +59,17 @@ def parser_of(entry: LinkOption) -> Callable[[str, int], LinkSpec]:
 
 
 def parse_links(values: dict[str, list[str]]) -> tuple[LinkSpec, ...]:
-    """Parse every link option given (option -> its values in order), in LINK_OPTIONS order."""
+    """Parse every link option given (option -> its values in order), in LINK_OPTIONS order. A
+    module may also check its values together (`check_all(specs)`: two shares with one tag, two NICs
+    with one MAC)."""
     specs: list[LinkSpec] = []
     for entry in LINK_OPTIONS:
         texts = values.get(entry.option, [])
         if texts:
-            parse = parser_of(entry)
-            specs.extend(parse(text, index) for index, text in enumerate(texts))
+            module = importlib.import_module(entry.module)
+            parsed = [module.parse_option(text, index) for index, text in enumerate(texts)]
+            check_all: Callable[[list[LinkSpec]], None] | None = getattr(module, "check_all", None)
+            if check_all is not None:
+                check_all(parsed)
+            specs.extend(parsed)
     return tuple(specs)

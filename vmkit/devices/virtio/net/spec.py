@@ -10,6 +10,7 @@ part); `NetSpec.open` opens the tap or starts passt when the machine is built.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmkit.devices.rate_limiter import U64_MAX, RateLimiter
@@ -109,3 +110,22 @@ def parse_net(text: str, index: int) -> NetSpec:
     if mac is None:
         mac = derived_mac(index, tap if tap is not None else "user")
     return NetSpec(text, index, tap, mac, mtu, tuple(forwards), tuple(sorted(rates.items())))
+
+
+def check_together(specs: Sequence[NetSpec]) -> None:
+    """NICs differ in their MAC, tap and forwarded host ports."""
+    macs: dict[bytes, NetSpec] = {}
+    taps: dict[str, NetSpec] = {}
+    ports: dict[int, NetSpec] = {}
+    for spec in specs:
+        if spec.mac in macs:
+            raise NetOptionError(f"{spec}: MAC {format_mac(spec.mac)} is already that of {macs[spec.mac]}")
+        macs[spec.mac] = spec
+        if spec.tap is not None:
+            if spec.tap in taps:
+                raise NetOptionError(f"{spec}: tap {spec.tap!r} is already used by {taps[spec.tap]}")
+            taps[spec.tap] = spec
+        for host_port, _ in spec.forwards:
+            if host_port in ports:
+                raise NetOptionError(f"{spec}: host port {host_port} is already forwarded by {ports[host_port]}")
+            ports[host_port] = spec

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmkit.devices.virtio.p9 import fs
@@ -64,3 +65,13 @@ def parse_option(value: str, index: int) -> ShareSpec:
         problem = "does not exist" if not os.path.exists(path) else "is not a directory"
         raise ShareOptionError(f"--share {value!r}: {path} {problem}")
     return ShareSpec(path, tag, writable, index)
+
+
+def check_together(specs: Sequence[ShareSpec]) -> None:
+    """Each share's tag names one share: the guest mounts by tag."""
+    seen: dict[str, ShareSpec] = {}
+    for spec in specs:
+        if spec.tag in seen:
+            raise ShareOptionError(f"{spec}: tag {spec.tag!r} is already the tag of {seen[spec.tag]} "
+                                   "(give each share its own tag=)")
+        seen[spec.tag] = spec
