@@ -78,17 +78,43 @@ class ExecProcess:
 
     def __iter__(self) -> Iterator[OutputChunk]:
         while self.status is None:
-            frame = self._next_frame()
-            if frame.type == FrameType.STDOUT:
-                yield OutputChunk(1, frame.payload)
-            elif frame.type == FrameType.STDERR:
-                yield OutputChunk(2, frame.payload)
-            elif frame.type == FrameType.EXIT:
-                self.status = protocol.decode_exit(frame)
+            chunk = self._take(self._next_frame())
+            if chunk is not None:
+                yield chunk
+
+    def next_output(self, timeout: float | None) -> OutputChunk | None:
+        """The next piece of output, waiting at most `timeout` seconds; None when none came in that
+        time or the command ended (then `status` is set). For a caller that does other work between
+        pieces, such as feeding stdin from a terminal or checking for cancellation."""
+        while self.status is None:
+            overall = self._deadline.remaining()
+            wait = overall if timeout is None else timeout if overall is None else min(timeout, overall)
+            try:
+                frame = self._channel.receive(Deadline(wait))
+            except ChannelTimeout:
+                if self._deadline.passed():
+                    self._timed_out()
+                return None
+            except AgentProtocolError:
                 self._channel.close()
-            else:
-                self.close()
-                raise AgentProtocolError(f"{frame.type.name} frame while the command runs")
+                raise
+            chunk = self._take(frame)
+            if chunk is not None:
+                return chunk
+        return None
+
+    def _take(self, frame: Frame) -> OutputChunk | None:
+        """A frame of a running command: its output, or None after the EXIT that ends it."""
+        if frame.type == FrameType.STDOUT:
+            return OutputChunk(1, frame.payload)
+        if frame.type == FrameType.STDERR:
+            return OutputChunk(2, frame.payload)
+        if frame.type == FrameType.EXIT:
+            self.status = protocol.decode_exit(frame)
+            self._channel.close()
+            return None
+        self.close()
+        raise AgentProtocolError(f"{frame.type.name} frame while the command runs")
 
     def write_stdin(self, data: bytes) -> None:
         """Send bytes to the command's stdin (dropped once the command has closed it or ended)."""

@@ -26,6 +26,9 @@ def dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "daemon":
             return _daemon(args)
+        if args.command in ("exec", "cp"):
+            from vmkit.daemon import guest_commands
+            return (guest_commands.exec_command if args.command == "exec" else guest_commands.cp_command)(args)
         return _command(args, Client())
     except DaemonError as exc:
         raise StartError(str(exc)) from None

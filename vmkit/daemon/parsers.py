@@ -35,5 +35,29 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     events = commands.add_parser("events", help="the daemon's events (start, pause, die, ...) as JSON lines",
                                  parents=[common])
     events.add_argument("--follow", "-f", action="store_true", help="go on printing new events")
+    _add_guest_parsers(commands, common)
 
-COMMANDS = ("daemon", "ps", "logs", "attach", "pause", "resume", "inspect", "stop", "rm", "events")
+
+def _add_guest_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    """`vmkit exec` and `vmkit cp`, through the exec agent of a VM made from a Linux image."""
+    agent_timeout = argparse.ArgumentParser(add_help=False)
+    agent_timeout.add_argument("--agent-timeout", type=float, default=30.0, metavar="SECONDS",
+                               help="how long to wait for the guest's agent to answer (it starts once the "
+                                    "guest has booted; default 30)")
+    run = commands.add_parser("exec", help="run a command in a VM made from a Linux image, through its agent",
+                              parents=[common, agent_timeout])
+    run.add_argument("--interactive", "-i", action="store_true", help="send standard input to the command")
+    run.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE",
+                     help="set an environment variable (repeatable; NAME alone: its value here)")
+    run.add_argument("--workdir", "-w", metavar="DIR", help="the command's working directory in the guest")
+    run.add_argument("name")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                     help="the program and its arguments, exactly as given (no shell)")
+    copy = commands.add_parser("cp", help="copy a file between a VM (NAME:PATH) and this host, one way",
+                               parents=[common, agent_timeout])
+    copy.add_argument("source", metavar="SOURCE", help="NAME:PATH in the VM, or a local file")
+    copy.add_argument("target", metavar="DEST", help="a local path, or NAME:PATH in the VM (an existing "
+                      "directory receives the file under its own name)")
+
+
+COMMANDS = ("daemon", "ps", "logs", "attach", "pause", "resume", "inspect", "stop", "rm", "events", "exec", "cp")

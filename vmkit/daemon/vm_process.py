@@ -54,6 +54,19 @@ def _redirect_stdio(vmdir: VmDir) -> None:
     os.close(log)
 
 
+def agent_socket(vmdir: VmDir) -> str:
+    """The vsock socket a VM made from an image gets for its exec agent, in its state directory;
+    a StartError when that path is too long for a Unix socket address."""
+    from vmkit.devices.virtio.vsock.spec import PORT_SUFFIX, SUN_PATH_MAX
+
+    path = str(vmdir.vsock_socket)
+    if len(os.fsencode(path)) + PORT_SUFFIX > SUN_PATH_MAX:
+        raise cli.StartError(f"the VM's vsock socket {path} would be {len(os.fsencode(path))} bytes, "
+                             f"longer than a Unix socket address allows here ({SUN_PATH_MAX - PORT_SUFFIX}): "
+                             "use a shorter --name or $XDG_RUNTIME_DIR, or give --vsock PATH")
+    return path
+
+
 class Report:
     """The pipe on which the daemon waits for "ok PID" or "error MESSAGE": one line, then closed."""
 
@@ -79,6 +92,7 @@ class VmProcess:
         self.cwd = cwd
         self.stop_requested = threading.Event()
         self.machine: Machine | None = None
+        self.vsock: str | None = None            # the vsock device's socket, absolute
 
     def prepare(self) -> tuple[cli.RunPlan, list[str], object]:
         """Resolve the options (a StartError says what is wrong); the plan, notices and arguments."""
@@ -90,6 +104,10 @@ class VmProcess:
         if args.console != "stdio":
             raise cli.StartError("--console: a detached VM's console goes to its log (`vmkit logs`)")
         args.console = str(self.vmdir.console_log)
+        if args.image is not None and not args.vsock:
+            args.vsock = [agent_socket(self.vmdir)]
+        if args.vsock:
+            self.vsock = os.path.abspath(args.vsock[0].split(",")[0])
         notices: list[str] = []
         return cli.resolve_run(args, notices.append), notices, args
 
@@ -128,7 +146,8 @@ class VmProcess:
             self.vmdir.record_machine({"kernel": config.kernel_name, "cmdline": config.cmdline,
                                        "vcpus": config.vcpus, "memory_mib": config.memory_mib,
                                        "devices": list(config.devices),
-                                       "disks": [disk.path for disk in config.disks]})
+                                       "disks": [disk.path for disk in config.disks],
+                                       "vsock": self.vsock})
         except cli.StartError as exc:
             report.say(f"error {exc}")
             return outcome.STATUS_START_ERROR

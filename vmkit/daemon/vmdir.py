@@ -6,6 +6,7 @@
     console.log   the guest's console output
     vmm.log       what the VM process itself said (notices, errors)
     control.sock  the VM process's control socket (pause, resume, stop, status), while it runs
+    vsock.sock    the vsock device's socket of a VM made from an image without --vsock (the agent's)
     exit.json     how the VM ended: status, kind, message, time; written once, when it ends
 """
 
@@ -75,6 +76,11 @@ class VmDir:
     @property
     def control_socket(self) -> Path:
         return self.path / "control.sock"
+
+    @property
+    def vsock_socket(self) -> Path:
+        """The vsock device's Unix socket of a VM made from an image (its exec agent's way in)."""
+        return self.path / "vsock.sock"
 
     def create(self, config: dict[str, Any]) -> None:
         self.path.mkdir(mode=0o700)
