@@ -203,8 +203,8 @@ def test_pause_resume_stop_and_rm(daemon):
     refused = daemon.cli("rm", "echo")
     assert refused.returncode == 125 and "stop it first" in refused.stderr
     started = time.monotonic()
-    assert daemon.ok("stop", "echo") == "echo\n"
-    assert time.monotonic() - started < 10
+    assert daemon.ok("stop", "-t", "1", "echo") == "echo\n"    # serial_echo ignores the power button
+    assert 1 <= time.monotonic() - started < 10
     vm = daemon.vm("echo")
     assert vm["state"] == "exited" and vm["status"] == 143 and vm["exit"]["kind"] == "signal"
     assert not _alive(pid)
@@ -223,7 +223,7 @@ def test_logs_follow_ends_when_the_vm_ends_and_rm_force_kills(daemon):
     try:
         time.sleep(1.0)
         assert follower.poll() is None                    # still following a running VM
-        daemon.ok("stop", "f1")
+        daemon.ok("stop", "-t", "0", "f1")
         out, err = follower.communicate(timeout=20)
     finally:
         follower.kill()
@@ -250,6 +250,19 @@ def test_stop_ends_a_paused_vm_and_kills_one_that_does_not_answer(daemon):
     vm = daemon.vm("frozen")
     assert vm["state"] == "exited" and vm["status"] == 137 and vm["exit"]["kind"] == "killed"
     assert not _alive(pid)
+
+
+def test_stop_presses_the_power_button_and_a_guest_that_handles_it_powers_off(daemon):
+    daemon.ok("run", "-d", "-g", "power_button", "--cmdline", "presses=1 poweroff=1", "--name", "button")
+    deadline = time.monotonic() + 20
+    while "READY" not in daemon.ok("logs", "button") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    assert daemon.ok("stop", "-t", "60", "button") == "button\n"
+    assert time.monotonic() - started < 20                       # the guest's power-off, not the timeout
+    vm = daemon.vm("button")
+    assert vm["state"] == "exited" and vm["status"] == 0 and vm["exit"]["kind"] == "poweroff", vm
+    assert "PRESSED 1" in daemon.ok("logs", "button")
 
 
 def test_attach_feeds_the_console_and_ends_with_the_vm(daemon):
@@ -320,7 +333,7 @@ def test_daemon_sigkill_and_restart_finds_running_vms(daemon):
     assert daemon.vm("held")["state"] == "paused"
     assert daemon.vm("done")["status"] == 1
     daemon.ok("resume", "held")
-    daemon.ok("stop", "keep")
+    daemon.ok("stop", "-t", "0", "keep")
     assert daemon.vm("keep")["status"] == 143             # the VM process wrote how it ended
     os.kill(pids["held"], signal.SIGKILL)                 # not this daemon's child: status unknown
     vm = daemon.wait_state("held", "exited", timeout=10)

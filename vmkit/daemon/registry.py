@@ -254,14 +254,24 @@ class Registry:
         return self.describe(vm)
 
     def stop(self, name: str, timeout: float) -> dict[str, Any]:
-        """Ask the VM process to end the VM; kill it when it has not after `timeout` seconds."""
+        """Press a running VM's ACPI power button and give the guest `timeout` seconds to power off;
+        then stop the VM hard (SIGTERM: its VMM ends it), and kill the VM process when that has not
+        ended it either. A paused VM cannot act on the button, and a VM process that does not answer
+        cannot stop itself: the one is stopped hard at once, the other killed at the timeout."""
         vm = self._get(name)
-        if vm.state != "exited":
+        answered = True
+        if vm.state == "running":
+            deadline = time.monotonic() + timeout
             try:
-                control.ask(vm.dir.control_socket, "stop", timeout=min(timeout, 5.0) or 0.1)
+                control.ask(vm.dir.control_socket, "stop", timeout=max(min(timeout, 5.0), 0.1))
             except control.ControlError:
-                pass
-            if not self._wait_ended(vm, timeout):
+                answered = False
+            self._wait_ended(vm, max(deadline - time.monotonic(), 0.0))
+        if vm.state != "exited":
+            if answered:
+                self._kill(vm, signal.SIGTERM)
+                self._wait_ended(vm, KILL_WAIT_SECONDS)
+            if vm.state != "exited":
                 self._kill(vm)
                 self._wait_ended(vm, KILL_WAIT_SECONDS)
         return self.describe(vm)
@@ -302,11 +312,11 @@ class Registry:
 
     # ---- watching the processes
 
-    def _kill(self, vm: Vm) -> None:
+    def _kill(self, vm: Vm, signum: int = signal.SIGKILL) -> None:
         pid = vm.dir.pid()
         if pid is not None:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 

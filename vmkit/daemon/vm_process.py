@@ -1,8 +1,9 @@
 """The process that runs one VM for the daemon, forked by the fork server.
 
 It resolves the `vmkit run` arguments exactly as a foreground run does (cli.resolve_run), sends the
-guest's console to console.log, serves control.sock (pause, resume, stop, status), says "ok PID" or
-"error MESSAGE" on the report pipe once the VM runs or cannot, and writes exit.json when it ends.
+guest's console to console.log, serves control.sock (pause, resume, status, and stop, which presses
+the ACPI power button), ends the VM on SIGTERM, says "ok PID" or "error MESSAGE" on the report pipe
+once the VM runs or cannot, and writes exit.json when it ends.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class VmProcess:
         elif op == "resume":
             machine.resume()
         elif op == "stop":
-            self.stop_requested.set()
+            machine.press_power_button()          # the guest powers off if it handles the button
             return "stopping"
         return machine.state.value
 

@@ -1,10 +1,10 @@
 /* power_button: finds the Generic Event Device (ACPI0013) in the DSDT, routes the GSI its _CRS
    names through the IOAPIC, and counts the host's power-button presses as interrupts on it. After
-   two presses it ends with status 0 (debug exit). */
+   `presses=N` of them (default 2) it ends with status 0 (debug exit), or with `poweroff=1` powers
+   off through ACPI, as a guest that handles the button does. */
 #include "runtime.h"
 
 #define VECTOR 0x25
-#define PRESSES 2
 
 /* The GSI of the GED's Extended Interrupt descriptor (0x89, length 6, one interrupt), or -1. */
 static int ged_gsi(void) {
@@ -28,12 +28,18 @@ void main(void) {
     RESULT("gsi", "%d", gsi);
     ioapic_route(gsi, VECTOR);
     u64 seen = irq_count[VECTOR];
+    u64 presses = cmdline_u64("presses", 2);
     printf("READY\n");
-    for (int press = 1; press <= PRESSES; press++) {
+    for (u64 press = 1; press <= presses; press++) {
         if (!wait_irq_since(VECTOR, seen, 120UL * 3000000000UL)) { printf("timeout waiting for a press\n"); exit(3); }
         seen = irq_count[VECTOR];
-        printf("PRESSED %d\n", press);
+        printf("PRESSED %lu\n", press);
     }
     RESULT("presses", "%lu", irq_count[VECTOR]);
+    if (cmdline_u64("poweroff", 0)) {
+        flush();
+        if (acpi_poweroff() < 0) { printf("no ACPI sleep control register\n"); exit(4); }
+        for (;;) cpu_relax();
+    }
     exit(0);
 }
