@@ -24,10 +24,10 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     attach = commands.add_parser("attach", help="a VM's console: its output (from the start) until it ends, "
                                  "and standard input to it; Ctrl-C detaches", parents=[common])
     attach.add_argument("name")
-    stop = commands.add_parser("stop", help="end a VM: its VMM ends it, and kills it after a timeout",
-                               parents=[common])
+    stop = commands.add_parser("stop", help="end a VM: press its ACPI power button, and stop it hard when "
+                               "the guest has not powered off after a timeout", parents=[common])
     stop.add_argument("--time", "-t", type=float, default=10.0, metavar="SECONDS",
-                      help="seconds to wait before killing it (default 10)")
+                      help="seconds the guest has to shut down before the VM is stopped hard (default 10)")
     stop.add_argument("name")
     rm = commands.add_parser("rm", help="remove an exited VM and its state", parents=[common])
     rm.add_argument("--force", "-f", action="store_true", help="kill it first if it runs")
