@@ -197,3 +197,17 @@ def test_pvh_start_info_names_the_rsdp(memory, pvh_image):
     found = memory.read(rsdp, 36)
     assert found[:8] == b"RSD PTR " and sum(found[:20]) % 256 == 0 and sum(found) % 256 == 0
     assert rsdp == 0xE0000                    # also where a guest scanning the BIOS area finds it
+
+
+def test_an_elf_segment_s_bss_reads_as_zeros_over_ram_written_before(memory):
+    from vmkit.arch.x86.elf import PT_LOAD, load_elf, program_headers
+
+    image = build_guest("idle").read_bytes()         # its data segment has a 370 KiB BSS
+    _, headers = program_headers(image)
+    segment = next(h for h in headers if h.type == PT_LOAD and h.memsz > h.filesz + 8192)
+    memory.write(segment.paddr, b"\xa5" * (segment.memsz + 4096))
+    load_elf(memory, image)
+    assert memory.read(segment.paddr, segment.filesz) == image[segment.offset:segment.offset + segment.filesz]
+    assert memory.read(segment.paddr + segment.filesz, segment.memsz - segment.filesz) == \
+        bytes(segment.memsz - segment.filesz)
+    assert memory.read(segment.paddr + segment.memsz, 16) == b"\xa5" * 16

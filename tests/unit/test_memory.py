@@ -266,3 +266,37 @@ def test_an_access_is_allowed_exactly_when_every_byte_is_in_one_region(address, 
     finally:
         mem.close()
 
+
+
+@settings(max_examples=60, deadline=None)
+@given(start=st.integers(0, 5 * 4096), length=st.integers(0, 6 * 4096))
+def test_zero_clears_exactly_the_range_and_nothing_around_it(start, length):
+    memory = GuestMemory.create(64 * 1024)
+    try:
+        pattern = bytes((i * 7 + 1) % 251 + 1 for i in range(memory.size))
+        memory.write(0, pattern)
+        memory.zero(start, length)
+        data = memory.read(0, memory.size)
+        assert data[start:start + length] == bytes(length)
+        assert data[:start] == pattern[:start]
+        assert data[start + length:] == pattern[start + length:]
+    finally:
+        memory.close()
+
+
+def test_zeroing_fresh_ram_allocates_none_of_it():
+    memory = GuestMemory.create(4 << 20)
+    try:
+        memory.zero(4096 + 100, (3 << 20) - 200)
+        assert os.fstat(memory.memfd).st_blocks * 512 <= 2 * 4096      # the two partial pages at most
+        memory.write(0, bytes(3 << 20))                                  # writing zeros allocates
+        assert os.fstat(memory.memfd).st_blocks * 512 >= 3 << 20
+    finally:
+        memory.close()
+
+
+def test_zero_outside_ram_is_refused_and_clears_nothing(memory):
+    memory.write(memory.size - 8, b"\xff" * 8)
+    with pytest.raises(GuestMemoryError):
+        memory.zero(memory.size - 8, 16)
+    assert memory.read(memory.size - 8, 8) == b"\xff" * 8

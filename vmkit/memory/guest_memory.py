@@ -119,6 +119,20 @@ class GuestMemory:
     def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
         self.view(address, len(data))[:] = data
 
+    def zero(self, address: int, length: int) -> None:
+        """Make [address, address + length) read as zeros. Whole pages are handed back to the memfd
+        (MADV_REMOVE) instead of written, so zeroing fresh RAM (a kernel's BSS) allocates nothing."""
+        view = self.view(address, length)       # bounds-checked before anything changes
+        index, offset = self._locate(address, length) if length else (0, 0)
+        first = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        last = (offset + length) // mmap.PAGESIZE * mmap.PAGESIZE
+        if first >= last:
+            view[:] = bytes(length)
+            return
+        view[: first - offset] = bytes(first - offset)
+        self.regions[index].mapping.madvise(mmap.MADV_REMOVE, first, last - first)
+        view[last - offset :] = bytes(offset + length - last)
+
     def read_u32(self, address: int) -> int:
         return struct.unpack_from("<I", self.view(address, 4))[0]
 

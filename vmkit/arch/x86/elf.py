@@ -135,7 +135,7 @@ def load_elf(memory: GuestMemory, data: bytes) -> ElfKernel:
                 f"({memory.size >> 20} MiB); give the VM more memory"
             )
         memory.write(ph.paddr, data[ph.offset : ph.offset + ph.filesz])
-        memory.view(ph.paddr + ph.filesz, ph.memsz - ph.filesz)[:] = bytes(ph.memsz - ph.filesz)
+        memory.zero(ph.paddr + ph.filesz, ph.memsz - ph.filesz)
         end = max(end, ph.paddr + ph.memsz)
         loaded.append((ph.paddr, ph.paddr + ph.memsz))
     if not loaded:
