@@ -24,7 +24,6 @@ from vmkit.vmm import outcome
 from vmkit.vmm.machine import Machine
 
 STOP_REQUESTED = outcome.signalled("a stop request", outcome.STATUS_SIGTERM)
-POLL_SECONDS = 0.05
 INPUT_WAIT_SECONDS = 5.0
 _parsers: list[cli.Parser] = []          # built once in the fork server, used by every VM process
 
@@ -94,6 +93,7 @@ class VmProcess:
         self.stop_requested = threading.Event()
         self.machine: Machine | None = None
         self.vsock: str | None = None            # the vsock device's socket, absolute
+        self.started = False
 
     def prepare(self) -> tuple[cli.RunPlan, list[str], object]:
         """Resolve the options (a StartError says what is wrong); the plan, notices and arguments."""
@@ -125,6 +125,13 @@ class VmProcess:
             machine.press_power_button()          # the guest powers off if it handles the button
             return "stopping"
         return machine.state.value
+
+    def request_stop(self) -> None:
+        """End the VM (now if it runs, else as soon as it starts). The main thread sleeps until the
+        VM ends, so an idle VM process never wakes; this is called from other threads."""
+        self.stop_requested.set()
+        if self.started and self.machine is not None:
+            self.machine.stop(STOP_REQUESTED)
 
     def feed(self, data: bytes) -> None:
         """Give `data` to the guest's console as its receive FIFO takes it (ValueError when the guest
@@ -166,10 +173,11 @@ class VmProcess:
                 profiler = GuestProfiler()
                 machine.attach_profiler(profiler)
             report.say(f"ok {os.getpid()}")
+            self.started = True
+            if self.stop_requested.is_set():      # asked before the VM ran
+                machine.stop(STOP_REQUESTED)
             while result is None:
-                if self.stop_requested.is_set():
-                    machine.stop(STOP_REQUESTED)
-                result = machine.wait(POLL_SECONDS)
+                result = machine.wait()
             ended = time.time()                   # the guest's end, before the teardown
         finally:
             control.close()
@@ -196,7 +204,8 @@ def main(vmdir: VmDir, argv: list[str], cwd: str, report_fd: int) -> NoReturn:
         process = VmProcess(vmdir, argv, cwd)
 
         def stop(signum: int, frame: FrameType | None) -> None:
-            process.stop_requested.set()
+            # Not here: the main thread may hold the ending's locks between two bytecodes.
+            threading.Thread(target=process.request_stop, name="stop", daemon=True).start()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
