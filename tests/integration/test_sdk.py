@@ -324,11 +324,12 @@ def test_the_keywords_are_one_list():
     assert set(OPTION_OF_KEYWORD) - {"image"} <= set(parameters)
 
 
-def test_importing_vmkit_loads_no_sdk():
+def test_importing_vmkit_loads_no_sdk_and_vm_no_asyncio():
     done = subprocess.run([sys.executable, "-c", "import sys, vmkit; print(sorted(m for m in sys.modules "
-                           "if m.startswith('vmkit'))); vmkit.VM; print('vmkit.sdk' in sys.modules)"],
+                           "if m.startswith('vmkit'))); vmkit.VM; print('vmkit.sdk' in sys.modules, 'asyncio' in "
+                           "sys.modules); vmkit.AsyncVM; print('asyncio' in sys.modules)"],
                           capture_output=True, text=True, timeout=30)
-    assert done.stdout.splitlines() == ["['vmkit']", "True"], done.stderr
+    assert done.stdout.splitlines() == ["['vmkit']", "True False", "True"], done.stderr
 
 
 def _examples(marker: str) -> list[str]:
