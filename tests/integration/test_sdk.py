@@ -10,6 +10,7 @@ import inspect
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from tests.integration.test_daemon import _alive
 from tests.integration.test_daemon import daemon as daemon  # noqa: F401  (the fixture)
 from vmkit.agent import AgentClient
 from vmkit.cli import UsageError, build_parser
-from vmkit.daemon.guest_commands import _relay
+from vmkit.daemon.guest_commands import run_to_end
 from vmkit.sdk.options import OPTION_OF_KEYWORD, VMOptions, keyword_named, run_arguments
 
 pytestmark = pytest.mark.timeout(180)
@@ -75,11 +76,18 @@ def test_stop_remove_wait_and_attach(daemon):
         vm.remove()
     with pytest.raises(vmkit.VMStateError, match="started already"):
         vm.start()
-    assert vm.stop() == 143 and vm.state() == "exited" and again.wait() == 143
+    started = time.monotonic()
+    assert vm.stop(timeout=0) == 143 and vm.state() == "exited" and again.wait() == 143   # stopped hard at once
+    assert time.monotonic() - started < 5
     vm.remove()
     with pytest.raises(vmkit.VMNotFound):
         vm.inspect()
     vm.close()                                          # removed already: nothing to do
+    with vmkit.VM(guest="power_button", cmdline="presses=1 poweroff=1", daemon_socket=daemon.socket) as button:
+        while b"READY" not in button.logs():
+            time.sleep(0.05)
+        assert button.stop(timeout=60) == 0                # the guest powered off when its button was pressed
+        assert b"PRESSED 1" in button.logs()
     hello = vmkit.VM(guest="hello", daemon_socket=daemon.socket).start()
     assert hello.wait(20) == 1 and b"hello from ring 3" in hello.logs()
     assert b"".join(hello.follow_logs()) == hello.logs()  # an ended VM's stream ends
@@ -90,7 +98,7 @@ def test_stop_remove_wait_and_attach(daemon):
 def test_an_exception_inside_the_block_leaves_no_vm_and_no_process(daemon):
     pids = []
     with pytest.raises(RuntimeError, match="inside"):
-        with vmkit.VM(guest="serial_echo", daemon_socket=daemon.socket, stop_timeout=2) as vm:
+        with vmkit.VM(guest="serial_echo", daemon_socket=daemon.socket, stop_timeout=0) as vm:
             pids.append(vm.inspect()["pid"])
             raise RuntimeError("inside")
     assert pids and not _alive(pids[0])
@@ -137,6 +145,23 @@ def test_start_errors_name_the_keyword_and_leave_nothing(daemon):
     blocker.write_text("")                             # no daemon can be started below a file
     with pytest.raises(vmkit.DaemonUnavailable):
         vmkit.VM.attach("x", daemon_socket=blocker / "daemon.sock")
+
+
+def test_a_vm_whose_agent_never_answers_fails_its_start_with_its_console(daemon):
+    """What start() does when the agent it waits for does not come (here: guest-kit programs behind a
+    vsock device, told to wait as for an image): the error ends with the console, and no VM is left."""
+    sockets = tempfile.mkdtemp(prefix="vs", dir="/tmp")
+    ended = vmkit.VM(guest="hello", vsock=f"{sockets}/a.sock", daemon_socket=daemon.socket)
+    ended.waits_for_agent = True
+    with pytest.raises(vmkit.VMStartError, match="ended before its agent answered") as failed:
+        ended.start()
+    assert "hello from ring 3" in str(failed.value) and isinstance(failed.value.__cause__, vmkit.VMNotRunning)
+    silent = vmkit.VM(guest="serial_echo", vsock=f"{sockets}/b.sock", ready_timeout=1, daemon_socket=daemon.socket)
+    silent.waits_for_agent = True
+    with pytest.raises(vmkit.VMTimeout, match="did not answer within 1 s") as late:
+        silent.start()
+    assert str(late.value).endswith("READY")
+    assert _names(daemon) == []
 
 
 def vmkit_cache_images() -> str:
@@ -189,11 +214,12 @@ def test_exec_relays_output_stdin_and_status_with_the_real_agent(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         from vmkit.agent import AgentClient
-        from vmkit.daemon.guest_commands import _relay
+        from vmkit.cli import StopSignals
+        from vmkit.daemon.guest_commands import run_to_end
+        StopSignals().install()                        # as `vmkit` installs them
         argv, interactive = eval(sys.argv[1]), sys.argv[2] == "1"
         process = AgentClient({rig.path!r}).start(argv, stdin=interactive)
-        status = _relay(process, sys.stdin.fileno() if interactive else -1)
-        sys.exit(128 - status if status < 0 else status)
+        sys.exit(run_to_end(process, sys.stdin.fileno() if interactive else -1))
     """)
 
     def relay(argv: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -212,11 +238,13 @@ def test_exec_relays_output_stdin_and_status_with_the_real_agent(tmp_path):
                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         try:                                           # output comes before the command ends
             assert streamed.stdout is not None and streamed.stdout.readline() == b"first\n"
+            streamed.send_signal(signal.SIGINT)        # Ctrl-C: 130, and the command is killed
+            assert streamed.wait(10) == 130
+            assert len(rig.statuses(10)) == 4
         finally:
             streamed.kill()
             streamed.wait()
-        process = AgentClient(rig.path).start(["true"])
-        assert _relay(process, -1) == 0
+        assert run_to_end(AgentClient(rig.path).start(["sh", "-c", "exit 300"]), -1) == 300 % 256
     finally:
         rig.close()
 
@@ -257,7 +285,7 @@ def test_async_vm_and_cancellation_leave_no_vm(daemon, tmp_path):
         # a cancelled exec kills the command (the agent here is the host rig, behind a running VM)
         rig = HostAgent(tmp_path, agent_binary(tmp_path))
         try:
-            async with vmkit.AsyncVM(guest="serial_echo", daemon_socket=socket_path) as host:
+            async with vmkit.AsyncVM(guest="serial_echo", daemon_socket=socket_path, stop_timeout=0) as host:
                 host.vm._agent = AgentClient(rig.path)
                 assert (await host.exec(["echo", "hi"])).stdout == b"hi\n"
                 sleeper = asyncio.ensure_future(host.exec(["sleep", "30"]))

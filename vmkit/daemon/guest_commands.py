@@ -9,6 +9,7 @@ import errno
 import os
 import re
 import select
+import signal
 import sys
 
 from vmkit.agent import AgentError, ExecProcess, RemoteExecError
@@ -37,15 +38,23 @@ def exec_command(args: argparse.Namespace) -> int:
         return STATUS_NOT_FOUND if exc.errno == errno.ENOENT else STATUS_CANNOT_RUN
     except (AgentError, VMError) as exc:
         raise StartError(f"exec in {args.name}: {exc}") from None
+    try:
+        return run_to_end(process, sys.stdin.fileno() if args.interactive else -1)
+    except AgentError as exc:
+        raise StartError(f"exec in {args.name}: {exc}") from None
+
+
+def run_to_end(process: ExecProcess, stdin: int) -> int:
+    """Relay the command's output and `stdin` (an fd, -1 for none) until it ends; the exit status
+    `vmkit exec` gives for it. A stop signal, or a reader of stdout that went away, ends it early:
+    the command is killed as its connection closes."""
     with process:
         try:
-            status = _relay(process, sys.stdin.fileno() if args.interactive else -1)
-        except Stopped as stopped:           # the command is killed as the connection closes
+            status = _relay(process, stdin)
+        except Stopped as stopped:
             return outcome.SIGNAL_STATUS_BASE + stopped.signum
         except BrokenPipeError:
-            return outcome.SIGNAL_STATUS_BASE + 13
-        except AgentError as exc:
-            raise StartError(f"exec in {args.name}: {exc}") from None
+            return outcome.SIGNAL_STATUS_BASE + signal.SIGPIPE
     return outcome.SIGNAL_STATUS_BASE - status if status < 0 else status
 
 

@@ -35,6 +35,7 @@ DEFAULT_READY_TIMEOUT = 300.0    # a Linux boot; minutes where the host runs gue
 DEFAULT_STOP_TIMEOUT = 10.0
 CONSOLE_CHARACTERS = 1024        # per console request: at most 4096 bytes in UTF-8
 PING_SECONDS = 5.0
+CONSOLE_TAIL = 2000              # console bytes a failed start's error shows
 
 
 def daemon_error(exc: DaemonError) -> VMError:
@@ -54,8 +55,8 @@ def daemon_error(exc: DaemonError) -> VMError:
 class VM:
     """A VM in the vmkit daemon, made from `vmkit run` options given as keywords.
 
-    Nothing starts until start() or `with`; leaving the `with` block stops the VM (stop_timeout
-    seconds, then it is killed) and removes it, whatever happened inside. A VM made from an `image`
+    Nothing starts until start() or `with`; leaving the `with` block stops the VM (its power button,
+    then a hard stop after stop_timeout seconds) and removes it, whatever happened inside. A VM made from an `image`
     gets a vsock device for its exec agent, and start() returns once the agent answers (at most
     ready_timeout seconds), so exec() and the copies work at once.
     """
@@ -118,10 +119,26 @@ class VM:
         if self.waits_for_agent and self.ready_timeout > 0:
             try:
                 self.wait_ready(self.ready_timeout)
+            except VMNotRunning as exc:
+                ended = self._last_words(f"VM {self.name!r} ended before its agent answered ({exc})")
+                self.discard()
+                raise VMStartError(ended) from exc
+            except VMTimeout as exc:
+                late = self._last_words(str(exc))
+                self.discard()
+                raise VMTimeout(late) from exc
             except BaseException:
                 self.discard()
                 raise
         return self
+
+    def _last_words(self, message: str) -> str:
+        """`message` and the end of the VM's console, for a start that failed (the VM is removed)."""
+        try:
+            tail = self.logs()[-CONSOLE_TAIL:].decode(errors="replace").strip()
+        except VMError:
+            return message
+        return f"{message}; the end of its console:\n{tail}" if tail else message
 
     def create(self) -> dict[str, Any]:
         """Ask the daemon for the VM (start() without waiting for the agent); its record."""
@@ -172,8 +189,9 @@ class VM:
         self._request("POST", "/resume", {})
 
     def stop(self, timeout: float | None = None) -> int | None:
-        """End the VM: its VMM is asked to, and kills it after `timeout` seconds (default stop_timeout).
-        Its exit status (143 when it was asked to end, 137 when it had to be killed)."""
+        """End the VM: its ACPI power button is pressed, the guest has `timeout` seconds (default
+        stop_timeout) to power off, then the VM is stopped hard. Its exit status: the guest's own (0
+        for a power-off), 143 when it was stopped hard, 137 when its process had to be killed."""
         record = self._request("POST", "/stop", {"timeout": self.stop_timeout if timeout is None else timeout})
         status = record.get("status") if isinstance(record, dict) else None
         return status if isinstance(status, int) else None
