@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from vmkit.arch.x86.boot import BootPlan
 from vmkit.devices.bus import Bus
@@ -17,6 +17,9 @@ from vmkit.vmm.io_engine import IoEngine
 from vmkit.vmm.outcome import Outcome
 from vmkit.vmm.state import Command, Lifecycle, VmState, VmStateError
 from vmkit.vmm.vcpu_runner import VcpuRunner, install_kick_handler
+
+if TYPE_CHECKING:
+    from vmkit.vmm.metrics import MachineMetrics
 
 
 class Closable(Protocol):
@@ -113,6 +116,13 @@ class Machine:
                 runner.sample_requested = True
 
         profiler.start(self._kick_all, request)
+
+    def metrics(self) -> MachineMetrics:
+        """Every counter now: exits and CPU time per vCPU, I/O per device (vmm/metrics.py); from any
+        thread, at any time, also once the machine has ended or closed."""
+        from vmkit.vmm.metrics import snapshot
+
+        return snapshot(self)
 
     def wait(self, timeout: float | None = None) -> Outcome | None:
         return self.ending.wait(timeout)

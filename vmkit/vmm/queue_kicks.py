@@ -27,7 +27,7 @@ class QueueKicks:
         self._engine = engine
         self.fds = [new_eventfd() for _ in function.queues]
         for index, fd in enumerate(self.fds):
-            engine.add(fd, partial(function.notify, index))
+            engine.add(fd, partial(function.kick, index))
         self.registered_at: int | None = None
         self.place(bar_address)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -50,6 +51,12 @@ class VcpuRunner:
         self.complete_unemulated = complete_unemulated   # PVM hosts: see vmm/unemulated.py
         self.thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.index}", daemon=True)
         self.exit_count = 0
+        # Exits by kind, each bumped by its handler on this thread alone (read without a lock: an
+        # int attribute is read whole). vmm/metrics.py gathers them.
+        self.io_in_exits = self.io_out_exits = self.mmio_read_exits = self.mmio_write_exits = 0
+        self.interrupted_exits = self.hlt_exits = self.shutdown_exits = self.system_event_exits = 0
+        self.emulation_failure_exits = self.other_exits = 0
+        self.cpu_ns_at_exit: int | None = None      # the thread's CPU time, once it has ended
         self.sample_sink: Callable[[int], None] | None = None   # set by a guest profiler
         self.sample_requested = False
 
@@ -78,6 +85,7 @@ class VcpuRunner:
         except Exception as exc:  # a VMM bug must end the VM, not hang it, and say it is a bug
             self.end_vm(outcome.internal(f"vCPU {self.vcpu.index}: {exc!r}", traceback.format_exc()))
         finally:
+            self.cpu_ns_at_exit = time.thread_time_ns()
             self.lifecycle.runner_exited(self.vcpu.index)
 
     def _dispatch(self, exit_: x.VcpuExit) -> bool:
@@ -101,17 +109,20 @@ class VcpuRunner:
                 return self._emulation_failure(exit_)
             case x.Hlt():
                 return self._halted(exit_)
+        self.other_exits += 1
         self.end_vm(outcome.error(f"vCPU {self.vcpu.index}: unhandled exit {exit_}"))
         return False
 
     # --- handlers: return False to leave the loop ------------------------------
     def _interrupted(self, e: x.Interrupted) -> bool:
+        self.interrupted_exits += 1
         if self.sample_requested and self.sample_sink is not None:
             self.sample_requested = False
             self.sample_sink(self.vcpu.get_regs().rip)
         return True
 
     def _io_out(self, e: x.IoOut) -> bool:
+        self.io_out_exits += 1
         data = self.vcpu.io_data(e.data_offset, e.size * e.repeats)
         write = self.pio.write
         for i in range(0, e.size * e.repeats, e.size):
@@ -119,25 +130,30 @@ class VcpuRunner:
         return True
 
     def _io_in(self, e: x.IoIn) -> bool:
+        self.io_in_exits += 1
         data = self.vcpu.io_data(e.data_offset, e.size * e.repeats)
         for i in range(0, e.size * e.repeats, e.size):
             data[i : i + e.size] = self.pio.read(e.port, e.size)
         return True
 
     def _mmio_write(self, e: x.MmioWrite) -> bool:
+        self.mmio_write_exits += 1
         self.mmio.write(e.address, e.data)
         return True
 
     def _mmio_read(self, e: x.MmioRead) -> bool:
+        self.mmio_read_exits += 1
         value = self.mmio.read(e.address, e.length)
         self.vcpu.run_page.exit.mmio.data[: e.length] = value
         return True
 
     def _shutdown(self, e: x.Shutdown) -> bool:
+        self.shutdown_exits += 1
         self.end_vm(outcome.triple_fault(self.vcpu.index, self.vcpu.get_regs().rip))
         return False
 
     def _system_event(self, e: x.SystemEvent) -> bool:
+        self.system_event_exits += 1
         if e.kind == "reset":
             self.end_vm(outcome.RESET)
         elif e.kind == "shutdown":
@@ -147,10 +163,12 @@ class VcpuRunner:
         return False
 
     def _halted(self, e: x.Hlt) -> bool:
+        self.hlt_exits += 1
         self.end_vm(outcome.error(f"vCPU {self.vcpu.index} halted with no in-kernel irqchip to wake it"))
         return False
 
     def _emulation_failure(self, e: x.EmulationFailure) -> bool:
+        self.emulation_failure_exits += 1
         if self.complete_unemulated and unemulated.complete(self.vcpu, e.instruction_bytes):
             return True
         shown = e.instruction_bytes.hex(" ") or "not reported"

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from vmkit.api.firecracker import models
+from vmkit.api.firecracker.machine_metrics import FlushedCounters, totals
 from vmkit.api.firecracker.telemetry import Log, Metrics, TelemetryError
 from vmkit.devices.rate_limiter import RateLimiter, RateLimiterError
 from vmkit.vmm.config import MIN_MEMORY_MIB, ConfigError
@@ -83,6 +84,7 @@ class MicroVm:
         self.instance_id = instance_id
         self.log = log
         self.metrics = metrics
+        self._flushed = FlushedCounters()
         self._console_output = console_output
         self._boot_timer = boot_timer
         self._started_at: float | None = None
@@ -342,15 +344,16 @@ class MicroVm:
             self.log.info("SendCtrlAltDel: pressed the ACPI power button")
 
     def flush_metrics(self) -> None:
-        devices: dict[str, dict[str, int]] = {}
-        if self._blk:
-            devices["block"] = {"rate_limiter_throttled_events": sum(
-                d.limiter.throttled for d in self._blk.values() if d.limiter is not None)}
-        if self._net:
-            devices["net"] = {"rate_limiter_throttled_events": sum(
-                limiter.throttled for d in self._net.values()
-                for limiter in (d.rx_limiter, d.tx_limiter) if limiter is not None)}
-        self.metrics.flush(devices)
+        """One line of the metrics file: the API's counters and the machine's (its vCPUs' exits, its
+        drives', interfaces' and vsock's I/O), each counted since the last line."""
+        from vmkit.vmm.metrics import device_name
+
+        groups = totals(self.machine.metrics() if self.machine is not None else None,
+                        {drive_id: device_name(device.label) for drive_id, device in self._blk.items()},
+                        {iface_id: device_name(device.label) for iface_id, device in self._net.items()})
+        groups["logger"] = {"missed_metrics_count": self.metrics.missed, "metrics_fails": self.metrics.missed,
+                            "missed_log_count": self.log.dropped}
+        self.metrics.flush(self._flushed.since_last(groups))
 
     def on_start(self, listener: Callable[[Machine], None]) -> None:
         """Call `listener` with the machine once InstanceStart has started it."""

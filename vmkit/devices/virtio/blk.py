@@ -55,6 +55,45 @@ def disk_serial(path: str) -> str:
     return f"{info.st_dev:x}{info.st_ino:x}"[:ID_BYTES]
 
 
+@dataclass
+class BlkCounters:
+    """The requests the device answered, by type, and the data they moved (metrics). Bytes count
+    only requests answered OK; `ioerr` and `unsupp` count the requests answered so."""
+
+    reads: int = 0
+    writes: int = 0
+    flushes: int = 0
+    discards: int = 0              # DISCARD and WRITE_ZEROES
+    get_ids: int = 0
+    other: int = 0                 # types the device does not know
+    read_bytes: int = 0
+    write_bytes: int = 0
+    ioerr: int = 0
+    unsupp: int = 0
+
+    def count(self, request_type: int, status: int, data_bytes: int) -> None:
+        if request_type == T_IN:
+            self.reads += 1
+            if status == S_OK:
+                self.read_bytes += data_bytes
+        elif request_type == T_OUT:
+            self.writes += 1
+            if status == S_OK:
+                self.write_bytes += data_bytes
+        elif request_type == T_FLUSH:
+            self.flushes += 1
+        elif request_type in (T_DISCARD, T_WRITE_ZEROES):
+            self.discards += 1
+        elif request_type == T_GET_ID:
+            self.get_ids += 1
+        else:
+            self.other += 1
+        if status == S_IOERR:
+            self.ioerr += 1
+        elif status == S_UNSUPP:
+            self.unsupp += 1
+
+
 @dataclass(frozen=True)
 class BlkState:
     """What the guest knows of a disk beyond the transport: its size, whether it is read-only, its
@@ -79,6 +118,7 @@ class VirtioBlk:
         self.limiter = limiter if limiter is not None and limiter.enabled else None
         self._host: DeviceHost | None = None
         self._retry_armed = False
+        self.counters = BlkCounters()
         self.serial = (serial or disk_serial(disk.path)).encode()[:ID_BYTES]
         self.features = VIRTIO_F_VERSION_1 | F_SEG_MAX | F_BLK_SIZE | F_FLUSH
         self.features |= F_RO if disk.read_only else F_DISCARD | F_WRITE_ZEROES
@@ -184,12 +224,12 @@ class VirtioBlk:
         else:
             writable = [*chain.writable[:-1], Buffer(status_buffer.address, status_buffer.length - 1)]
         writable = [b for b in writable if b.length]
-        status, written = S_OK, 0
+        status, written, moved = S_OK, 0, 0
         try:
             if request_type == T_IN:
-                written = self._read(sector, readable, writable, memory)
+                written = moved = self._read(sector, readable, writable, memory)
             elif request_type == T_OUT:
-                self._write(sector, readable, writable, memory)
+                moved = self._write(sector, readable, writable, memory)
             elif request_type == T_FLUSH:
                 self.disk.flush()
             elif request_type == T_GET_ID:
@@ -200,6 +240,7 @@ class VirtioBlk:
                 status = S_UNSUPP
         except (_RequestRefused, DiskRequestError, DiskIOError):
             status, written = S_IOERR, 0
+        self.counters.count(request_type, status, moved)
         memory.view(status_at, 1)[0] = status
         return written + 1
 
@@ -217,11 +258,12 @@ class VirtioBlk:
         self.disk.readv(self._range(sector, length), [memory.view(b.address, b.length) for b in writable])
         return length
 
-    def _write(self, sector: int, readable: list[Buffer], writable: list[Buffer], memory: GuestMemory) -> None:
+    def _write(self, sector: int, readable: list[Buffer], writable: list[Buffer], memory: GuestMemory) -> int:
         length = sum(b.length for b in readable)
         if writable or self.disk.read_only:
             raise _RequestRefused
         self.disk.writev(self._range(sector, length), [memory.view(b.address, b.length) for b in readable])
+        return length
 
     def _get_id(self, writable: list[Buffer], memory: GuestMemory) -> int:
         room = sum(b.length for b in writable)

@@ -60,6 +60,8 @@ class VirtioPciDevice:
         self.label = f"virtio-pci ({device.label})"
         self.memory = memory
         self.queues = [Virtqueue(size, index) for index, size in enumerate(device.queue_sizes)]
+        self.notifications = [0] * len(self.queues)   # the driver's kicks, per queue (metrics)
+        self.interrupts = 0                           # queue and configuration interrupts raised
         self._lock = threading.RLock()
         self.config = ConfigSpace(VIRTIO_VENDOR, 0x1040 + device.device_type, class_code, revision=1,
                                   subsystem_vendor=VIRTIO_VENDOR, subsystem=0x40)
@@ -114,6 +116,7 @@ class VirtioPciDevice:
         self._interrupt(self.config_msix_vector, ISR_CONFIG)
 
     def _interrupt(self, vector: int, isr_bit: int) -> None:
+        self.interrupts += 1
         self.isr |= isr_bit
         if vector != NO_VECTOR:
             self.msix.notify(vector)
@@ -198,6 +201,14 @@ class VirtioPciDevice:
             self.device.activate(self.driver_features)   # the features are final: the device may use them
 
     # --- notifications -------------------------------------------------------
+    def kick(self, queue_index: int) -> None:
+        """The driver notified a queue (through an ioeventfd, or a write to the notify region):
+        count it, then serve the queue."""
+        with self._lock:
+            if queue_index < len(self.notifications):
+                self.notifications[queue_index] += 1
+            self.notify(queue_index)
+
     def notify(self, queue_index: int) -> None:
         with self._lock:
             if not self.status & STATUS_DRIVER_OK or self.status & STATUS_NEEDS_RESET:
@@ -268,7 +279,7 @@ class VirtioPciBar:
     def write(self, offset: int, data: bytes) -> None:
         o = self.owner
         if NOTIFY <= offset < MSIX_TABLE:
-            o.notify((offset - NOTIFY) // NOTIFY_MULTIPLIER)
+            o.kick((offset - NOTIFY) // NOTIFY_MULTIPLIER)
             return
         with o._lock:
             if offset < ISR:

@@ -50,6 +50,13 @@ class P9State:
     msize: int
 
 
+@dataclass
+class P9Counters:
+    """Requests answered, errors included (metrics)."""
+
+    messages: int = 0
+
+
 class VirtioP9:
     """The device side of one share; it owns `root_fd` (an O_PATH fd of the shared directory)."""
 
@@ -66,6 +73,7 @@ class VirtioP9:
         self.writable = writable
         self.label = label
         self.server = Server(root_fd, writable)
+        self.counters = P9Counters()
         self._config = struct.pack("<H", len(encoded)) + encoded
 
     def config(self) -> bytes:
@@ -91,6 +99,7 @@ class VirtioP9:
         served = False
         while (chain := queue.pop(memory)) is not None:
             queue.push_used(memory, chain.head, self._serve(chain, memory))
+            self.counters.messages += 1
             served = True
         return served
 

@@ -17,6 +17,7 @@ Three queues, told apart by their index: rx (0), tx (1) and event (2).
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from vmkit.devices.virtio.device import DeviceHost
 from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
@@ -35,6 +36,16 @@ EVENT_TRANSPORT_RESET = 0
 EVENT_BYTES = 4
 
 
+@dataclass
+class VsockCounters:
+    """Packets through the queues, and their payload bytes (metrics): rx to the guest, tx from it."""
+
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+
+
 class VirtioVsock:
     """The device side of a VM's vsock; the streams live in its Muxer."""
 
@@ -48,6 +59,7 @@ class VirtioVsock:
         self.label = label
         self._host: DeviceHost | None = None
         self.reset_event_due = False
+        self.counters = VsockCounters()
 
     def config(self) -> bytes:
         return struct.pack("<Q", self.guest_cid)
@@ -124,7 +136,9 @@ class VirtioVsock:
             else:
                 payload = slice_views(views, HEADER_SIZE, header.len) if header.op == Op.RW else []
                 self.muxer.from_guest(header if header.op == Op.RW else header._replace(len=0), payload)
+                self.counters.tx_bytes += header.len if header.op == Op.RW else 0
             queue.push_used(memory, chain.head, 0)
+            self.counters.tx_packets += 1
             served = True
         return served
 
@@ -145,6 +159,8 @@ class VirtioVsock:
                 break
             scatter(header.pack(), slice_views(views, 0, HEADER_SIZE))
             queue.push_used(memory, chain.head, HEADER_SIZE + header.len)
+            self.counters.rx_packets += 1
+            self.counters.rx_bytes += header.len
             served = True
         return served
 
