@@ -19,6 +19,7 @@ OPTION_OF_KEYWORD: dict[str, str] = {
     "cmdline": "--cmdline", "vcpus": "--cpus", "memory_mib": "--memory", "devices": "--device",
     "disks": "--disk", "networks": "--net", "shares": "--share", "vsock": "--vsock",
     "boot_protocol": "--boot-protocol", "pvm_workarounds": "--no-pvm-workarounds",
+    "name": "--name",                # given to the daemon beside the arguments, as `vmkit run -d --name`
 }
 # the words that start the run checks' messages when they name no option (vmm/config.py, host_files.py)
 _KEYWORD_OF_WORD = {"kernel": "kernel", "initrd": "initrd", "vcpus": "vcpus", "memory": "memory_mib",
