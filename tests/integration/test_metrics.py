@@ -1,7 +1,7 @@
 """Metrics from real VMs: guest-kit programs do known work and the counters show it (exits by kind,
-a disk's requests and bytes, a NIC's frames, a share's messages, queue kicks, rate-limit throttles),
-also as Prometheus text that a strict parser accepts; vmkit-firecracker writes them in Firecracker's
-metrics-file lines.
+a disk's requests and bytes, a NIC's frames, a share's messages, queue kicks, rate-limit throttles);
+the daemon serves them as Prometheus text that a strict parser accepts, a stuck or killed VM does
+not break a scrape; vmkit-firecracker writes them in Firecracker's metrics-file lines.
 """
 
 from __future__ import annotations
@@ -9,13 +9,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.firecracker_client import PROGRAM, Firecracker
+from tests.firecracker_client import PROGRAM, Firecracker, UnixHTTPConnection
+from tests.integration.test_daemon import Daemon
 from tests.prometheus_text import parse_exposition, value
 from vmkit.daemon.prometheus import Exposition
 from vmkit.guest import build_guest
@@ -168,6 +173,115 @@ def test_a_nics_frames_and_bytes_cover_what_net_check_sent_and_received(machine_
     assert counters["tx_bytes"] >= 42 + sum(frames) and counters["rx_bytes"] >= 42 + sum(frames)   # ARP, UDP
     assert counters["tx_malformed"] == counters["tx_errors"] == counters["rx_too_large"] == 0
     assert 1 <= device.notifications[1] <= counters["tx_frames"]
+
+
+# ---- the daemon's /metrics ---------------------------------------------------------------------
+
+@pytest.fixture
+def daemon():
+    root = Path(tempfile.mkdtemp(prefix="vkm", dir="/tmp"))
+    running = Daemon(root)
+    running.start()
+    try:
+        yield running
+    finally:
+        pids = running.vm_pids()
+        forkserver = running.info().get("forkserver_pid")
+        running.stop()
+        for pid in [*pids, *([forkserver] if forkserver else [])]:
+            try:
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def get(daemon: Daemon, path: str) -> tuple[int, str, str]:
+    connection = UnixHTTPConnection(str(daemon.socket), timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type") or "", response.read().decode()
+    finally:
+        connection.close()
+
+
+def start_echo(daemon: Daemon, name: str) -> int:
+    vm = daemon.client.request("POST", "/vms", {"name": name, "args": ["--kernel", ECHO], "cwd": "/"})
+    deadline = time.monotonic() + 30
+    while "READY" not in Path(vm["console_log"]).read_text():
+        assert time.monotonic() < deadline, "the guest never said READY"
+        time.sleep(0.02)
+    return vm["pid"]
+
+
+def test_the_daemon_serves_its_own_and_every_running_vms_metrics(daemon):
+    start_echo(daemon, "m1")
+    start_echo(daemon, "m2")
+    daemon.client.request("POST", "/vms/m2/pause", {})
+    status, content_type, text = get(daemon, "/metrics")
+    assert status == 200 and content_type == "text/plain; version=0.0.4; charset=utf-8"
+    families = parse_exposition(text)
+    assert value(families, "vmkit_daemon_vms", state="running") == 1
+    assert value(families, "vmkit_daemon_vms", state="paused") == 1
+    assert value(families, "vmkit_daemon_vms_started_total") == 2
+    assert value(families, "vmkit_daemon_forkserver_restarts_total") == 0
+    assert value(families, "vmkit_daemon_api_requests_total", code="201") == 2
+    assert value(families, "vmkit_daemon_metrics_scrape_errors_total") == 0
+    for name in ("m1", "m2"):                                         # a paused VM answers too
+        assert value(families, "vmkit_vm_up", vm=name) == 1
+        assert value(families, "vmkit_vm_vcpus", vm=name) == 1
+        assert value(families, "vmkit_vcpu_exits_total", vm=name, vcpu="0", kind="io_out") >= len("READY\n")
+        assert value(families, "vmkit_vcpu_cpu_seconds_total", vm=name, vcpu="0") > 0
+
+    status, content_type, text = get(daemon, "/vms/m1/metrics")
+    assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
+    one = parse_exposition(text)
+    assert all(dict(labels)["vm"] == "m1" for family in one.values() for labels in family["samples"])
+    assert value(one, "vmkit_vm_up", vm="m1") == 1 and "vmkit_daemon_vms" not in one
+    assert get(daemon, "/vms/nobody/metrics")[0] == 404
+
+    os.kill(daemon.info()["forkserver_pid"], signal.SIGKILL)         # the next start needs a new one
+    start_echo(daemon, "m3")
+    families = parse_exposition(get(daemon, "/metrics")[2])
+    assert value(families, "vmkit_daemon_api_requests_total", code="404") == 1
+    assert value(families, "vmkit_daemon_forkserver_restarts_total") == 1
+    assert value(families, "vmkit_daemon_vms_started_total") == 3
+
+
+def test_a_stuck_or_killed_vm_does_not_break_a_scrape(daemon):
+    stuck = start_echo(daemon, "stuck")
+    killed = start_echo(daemon, "killed")
+    start_echo(daemon, "fine")
+    os.kill(stuck, signal.SIGSTOP)                                    # its control socket never answers
+    try:
+        started = time.monotonic()
+        status, _, text = get(daemon, "/metrics")
+        took = time.monotonic() - started
+        assert status == 200 and took < 5, took
+        families = parse_exposition(text)
+        assert value(families, "vmkit_vm_up", vm="stuck") == 0
+        assert value(families, "vmkit_vm_up", vm="fine") == value(families, "vmkit_vm_up", vm="killed") == 1
+        assert value(families, "vmkit_daemon_metrics_scrape_errors_total") == 1
+        assert not any(dict(labels).get("vm") == "stuck" for name, family in families.items() if name != "vmkit_vm_up"
+                       for labels in family["samples"])
+        status, _, text = get(daemon, "/vms/stuck/metrics")
+        assert status == 503 and "did not give its metrics" in json.loads(text)["error"]
+
+        os.kill(killed, signal.SIGKILL)
+        status, _, text = get(daemon, "/metrics")                     # whether or not the reaper saw it yet
+        assert status == 200
+        assert value(parse_exposition(text), "vmkit_vm_up", vm="fine") == 1
+        daemon.wait_state("killed", "exited")
+        families = parse_exposition(get(daemon, "/metrics")[2])
+        assert ("vm", "killed") not in {label for labels in families["vmkit_vm_up"]["samples"] for label in labels}
+        assert value(families, "vmkit_daemon_vms", state="exited") == 1
+        assert get(daemon, "/vms/killed/metrics")[0] == 409
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    families = parse_exposition(get(daemon, "/metrics")[2])
+    assert value(families, "vmkit_vm_up", vm="stuck") == 1                  # answers again once it runs
 
 
 # ---- vmkit-firecracker's metrics file -----------------------------------------------------------

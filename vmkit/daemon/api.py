@@ -14,7 +14,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vmkit.daemon.control import MAX_INPUT
+from vmkit.daemon.forkserver import ForkServer
 from vmkit.daemon.http import Reply, Request, error
+from vmkit.daemon.metrics import DaemonMetrics
+from vmkit.daemon.prometheus import CONTENT_TYPE
 from vmkit.daemon.registry import ApiError, Registry
 
 API_VERSION = "1"
@@ -67,15 +70,21 @@ def _flag(request: Request, name: str) -> bool:
 
 
 class Api:
-    def __init__(self, registry: Registry, forkserver_pid: Any) -> None:
+    def __init__(self, registry: Registry, forks: ForkServer) -> None:
         self.registry = registry
-        self._forkserver_pid = forkserver_pid
+        self._forks = forks
+        self.metrics = DaemonMetrics(registry, forks)
 
     def handle(self, request: Request) -> Reply:
         try:
-            return self._route(request)
+            reply = self._route(request)
         except ApiError as exc:
-            return error(exc.status, str(exc))
+            reply = error(exc.status, str(exc))
+        except Exception:
+            self.metrics.count_request(500)         # the server answers it
+            raise
+        self.metrics.count_request(reply.status)
+        return reply
 
     def _route(self, request: Request) -> Reply:
         parts = [part for part in request.path.split("/") if part]
@@ -83,7 +92,9 @@ class Api:
         registry = self.registry
         if parts in ([], ["version"]) and method == "GET":
             return Reply(200, {"app": "vmkit-daemon", "api_version": API_VERSION, "pid": os.getpid(),
-                               "forkserver_pid": self._forkserver_pid(), "vms": registry.counts()})
+                               "forkserver_pid": self._forks.pid, "vms": registry.counts()})
+        if parts == ["metrics"] and method == "GET":
+            return Reply(200, self.metrics.scrape().encode(), content_type=CONTENT_TYPE)
         if parts == ["events"] and method == "GET":
             since = request.query.get("since", "0")
             if not since.isdigit():
@@ -108,6 +119,8 @@ class Api:
             raise ApiError(400, f"{method} /vms/NAME: the method is not allowed (GET, DELETE)")
         if len(parts) == 3 and parts[0] == "vms":
             name, action = parts[1], parts[2]
+            if action == "metrics" and method == "GET":
+                return self._vm_metrics(name)
             if action == "logs" and method == "GET":
                 return Reply(200, stream=registry.logs(name, _flag(request, "follow")),
                              content_type="application/octet-stream")
@@ -123,3 +136,12 @@ class Api:
                 return Reply(200, registry.stop(name, _parse(StopBody, request.body).timeout))
         raise ApiError(400, f"{method} {request.path}: the daemon's API has no such endpoint "
                             "(see docs/daemon.md)")
+
+    def _vm_metrics(self, name: str) -> Reply:
+        state, control_socket = self.registry.state_of(name)
+        if state not in ("running", "paused"):
+            raise ApiError(409, f"VM {name!r} is {state}: only a running or paused VM has metrics")
+        text = self.metrics.scrape_vm(name, control_socket)
+        if text is None:
+            raise ApiError(503, f"VM {name!r}: its process did not give its metrics in time")
+        return Reply(200, text.encode(), content_type=CONTENT_TYPE)

@@ -1,8 +1,9 @@
 """A VM process's control socket: one JSON line asked, one JSON line answered, per connection.
 
-Requests: {"op": "status" | "pause" | "resume" | "stop"}, or {"op": "input", "data": BASE64} (bytes
-for the guest's console). Answers: {"ok": true, "state": ...} or {"ok": false, "error": "..."}. The VM
-process serves it on a thread of its own; the daemon asks.
+Requests: {"op": "status" | "pause" | "resume" | "stop" | "metrics"}, or {"op": "input", "data": BASE64}
+(bytes for the guest's console). Answers: {"ok": true, "state": ...}, {"ok": true, "data": {...}} for
+"metrics" (vmm/metrics.py's snapshot as JSON), or {"ok": false, "error": "..."}. The VM process serves
+it on a thread of its own; the daemon asks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import base64
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ from vmkit.daemon import unix
 
 MAX_INPUT = 4096                  # console bytes in one request
 MAX_LINE = 2 * MAX_INPUT
-OPERATIONS = ("status", "pause", "resume", "stop", "input")
+MAX_DATA_LINE = 1 << 20           # an answer with data (metrics)
+OPERATIONS = ("status", "pause", "resume", "stop", "input", "metrics")
 
 
 class ControlError(Exception):
@@ -28,9 +31,10 @@ class ControlError(Exception):
 
 class ControlServer:
     """Serve `act(op, data) -> state` on `path` until close(); an exception's text is the error
-    answered. `data` is the console input of an "input" request, else empty."""
+    answered. `data` is the console input of an "input" request, else empty. An act that returns a
+    dict (metrics) is answered as "data"."""
 
-    def __init__(self, path: Path, act: Callable[[str, bytes], str]) -> None:
+    def __init__(self, path: Path, act: Callable[[str, bytes], str | dict[str, Any]]) -> None:
         self._listener = unix.listen(path, backlog=16)
         self._act = act
         self._path = path
@@ -63,7 +67,9 @@ class ControlServer:
             data = base64.b64decode(request.get("data", ""), validate=True)
             if len(data) > MAX_INPUT:
                 raise ValueError(f"console input of {len(data)} bytes; at most {MAX_INPUT} at once")
-            answer: dict[str, Any] = {"ok": True, "state": self._act(op, data)}
+            result = self._act(op, data)
+            answer: dict[str, Any] = {"ok": True, "state": result} if isinstance(result, str) else \
+                {"ok": True, "data": result}
         except Exception as exc:          # the answer names it; the VM goes on
             answer = {"ok": False, "error": str(exc) or type(exc).__name__}
         connection.sendall(json.dumps(answer).encode() + b"\n")
@@ -81,10 +87,10 @@ class ControlServer:
             pass
 
 
-def _read_line(connection: socket.socket) -> bytes:
+def _read_line(connection: socket.socket, limit: int = MAX_LINE) -> bytes:
     data = bytearray()
-    while b"\n" not in data and len(data) < MAX_LINE:
-        chunk = connection.recv(MAX_LINE)
+    while b"\n" not in data and len(data) < limit:
+        chunk = connection.recv(max(MAX_LINE, limit - len(data)))
         if not chunk:
             break
         data += chunk
@@ -97,13 +103,25 @@ def ask(path: Path, op: str, timeout: float = 10.0, data: bytes = b"") -> str:
     request: dict[str, Any] = {"op": op}
     if data:
         request["data"] = base64.b64encode(data).decode()
+    return str(_exchange(path, request, timeout, MAX_LINE).get("state"))
+
+
+def ask_data(path: Path, op: str, timeout: float) -> object:
+    """Send `op` to the VM process at `path` and return the data it answers (ControlError when it
+    does not answer within `timeout` seconds, all told, or refuses)."""
+    return _exchange(path, {"op": op}, timeout, MAX_DATA_LINE).get("data")
+
+
+def _exchange(path: Path, request: dict[str, Any], timeout: float, limit: int) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
     try:
         with unix.connect(path, timeout) as connection:
             connection.sendall(json.dumps(request).encode() + b"\n")
-            answer = json.loads(_read_line(connection) or b"null")
+            connection.settimeout(max(deadline - time.monotonic(), 0.001))
+            answer = json.loads(_read_line(connection, limit) or b"null")
     except (OSError, ValueError) as exc:
         raise ControlError(f"the VM process does not answer: {exc}") from None
     if not isinstance(answer, dict) or not answer.get("ok"):
         error = answer.get("error") if isinstance(answer, dict) else None
         raise ControlError(str(error or "the VM process gave no answer"))
-    return str(answer.get("state"))
+    return answer

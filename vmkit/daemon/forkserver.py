@@ -160,6 +160,7 @@ class ForkServer:
         self._lock = threading.Lock()
         self._channel: socket.socket | None = None
         self.pid: int | None = None
+        self.starts = 0                       # fork servers started (metrics: restarts are the rest)
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -180,6 +181,7 @@ class ForkServer:
             raise OSError("the fork server did not start")
         ours.settimeout(SPAWN_TIMEOUT_SECONDS)
         self._channel, self.pid = ours, pid
+        self.starts += 1
 
     def ensure_started(self) -> None:
         with self._lock:

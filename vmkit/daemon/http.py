@@ -41,7 +41,7 @@ class Request(NamedTuple):
 
 class Reply(NamedTuple):
     status: int
-    body: Any = None                                  # JSON-able, or None for no body
+    body: Any = None                                  # JSON-able, bytes sent as they are, or None
     stream: Iterator[bytes] | None = None             # sent chunk by chunk instead of `body`
     content_type: str = "application/json"
 
@@ -128,7 +128,8 @@ class _Connection:
         if close:
             headers.append((b"Connection", b"close"))
         if reply.stream is None:
-            body = b"" if reply.body is None else json.dumps(reply.body).encode() + b"\n"
+            body = b"" if reply.body is None else reply.body if isinstance(reply.body, bytes) else \
+                json.dumps(reply.body).encode() + b"\n"
             if reply.status != 204:
                 headers += [(b"Content-Type", reply.content_type.encode()),
                             (b"Content-Length", str(len(body)).encode())]

@@ -70,6 +70,7 @@ class Registry:
         self._sequence = 0
         self._children = threading.Event()
         self._running = True
+        self.started = 0                  # VMs this daemon started (metrics)
 
     # ---- life of the daemon
 
@@ -217,6 +218,7 @@ class Registry:
             vm.pid, vm.state = pid, "running"
             self._by_pid[pid] = vm
             status = self._unclaimed.pop(pid, None)
+            self.started += 1
         self._event("start", vm, pid=pid)
         if status is not None:
             self._child_ended(vm, status)
@@ -378,6 +380,17 @@ class Registry:
                                        "child; how it ended is unknown", time.time())
                     self._ended(vm)
             time.sleep(0.5)
+
+    def live(self) -> list[tuple[str, Path]]:
+        """The running and paused VMs: each one's name and control socket."""
+        with self._lock:
+            return [(vm.name, vm.dir.control_socket) for vm in self._vms.values()
+                    if vm.state in ("running", "paused")]
+
+    def state_of(self, name: str) -> tuple[str, Path]:
+        """A VM's state and control socket (ApiError 404 when nobody holds `name`)."""
+        vm = self._get(name)
+        return vm.state, vm.dir.control_socket
 
     def counts(self) -> dict[str, int]:
         with self._lock:

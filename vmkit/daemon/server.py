@@ -52,7 +52,7 @@ def serve(socket_path: Path | None = None, ready: threading.Event | None = None)
     try:
         registry.start()
         try:
-            server = HttpServer(socket_path, Api(registry, lambda: forks.pid).handle)
+            server = HttpServer(socket_path, Api(registry, forks).handle)
         except OSError as exc:
             raise DaemonError(f"cannot listen on {socket_path}: {exc.strerror}") from None
         os.ftruncate(lock, 0)

@@ -1,8 +1,8 @@
 """The process that runs one VM for the daemon, forked by the fork server.
 
 It resolves the `vmkit run` arguments exactly as a foreground run does (cli.resolve_run), sends the
-guest's console to console.log, serves control.sock (pause, resume, status, and stop, which presses
-the ACPI power button), ends the VM on SIGTERM, says "ok PID" or "error MESSAGE" on the report pipe
+guest's console to console.log, serves control.sock (pause, resume, status, metrics, and stop, which
+presses the ACPI power button), ends the VM on SIGTERM, says "ok PID" or "error MESSAGE" on the report pipe
 once the VM runs or cannot, and writes exit.json when it ends.
 """
 
@@ -15,13 +15,14 @@ import threading
 import time
 import traceback
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from vmkit import cli
 from vmkit.daemon.control import ControlServer
 from vmkit.daemon.vmdir import VmDir
 from vmkit.vmm import outcome
 from vmkit.vmm.machine import Machine
+from vmkit.vmm.metrics import to_json
 
 STOP_REQUESTED = outcome.signalled("a stop request", outcome.STATUS_SIGTERM)
 INPUT_WAIT_SECONDS = 5.0
@@ -112,9 +113,11 @@ class VmProcess:
         notices: list[str] = []
         return cli.resolve_run(args, notices.append), notices, args
 
-    def act(self, op: str, data: bytes) -> str:
+    def act(self, op: str, data: bytes) -> str | dict[str, Any]:
         machine = self.machine
         assert machine is not None
+        if op == "metrics":
+            return to_json(machine.metrics())
         if op == "input":
             self.feed(data)
         elif op == "pause":
