@@ -84,7 +84,7 @@ class AsyncVM:
             if vm.waits_for_agent and vm.ready_timeout > 0:
                 await in_thread(lambda: vm.wait_ready(vm.ready_timeout, stop), stop)
         except BaseException:
-            await in_thread(vm.discard)
+            await in_thread(vm.discard_quietly)
             raise
         return self
 

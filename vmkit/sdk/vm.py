@@ -121,16 +121,23 @@ class VM:
                 self.wait_ready(self.ready_timeout)
             except VMNotRunning as exc:
                 ended = self._last_words(f"VM {self.name!r} ended before its agent answered ({exc})")
-                self.discard()
+                self.discard_quietly()
                 raise VMStartError(ended) from exc
             except VMTimeout as exc:
                 late = self._last_words(str(exc))
-                self.discard()
+                self.discard_quietly()
                 raise VMTimeout(late) from exc
             except BaseException:
-                self.discard()
+                self.discard_quietly()
                 raise
         return self
+
+    def discard_quietly(self) -> None:
+        """discard(), for a start that failed: its own error would hide the one that matters."""
+        try:
+            self.discard()
+        except VMError:
+            pass
 
     def _last_words(self, message: str) -> str:
         """`message` and the end of the VM's console, for a start that failed (the VM is removed)."""
