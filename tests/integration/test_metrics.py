@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.firecracker_client import PROGRAM, Firecracker, UnixHTTPConnection
+from tests.integration import test_daemon
 from tests.integration.test_daemon import Daemon
 from tests.prometheus_text import parse_exposition, value
 from vmkit.daemon.prometheus import Exposition
@@ -28,6 +27,7 @@ from vmkit.vmm.config import DiskSpec
 from vmkit.vmm.links import parse_links
 
 pytestmark = pytest.mark.timeout(180)
+held_daemon = test_daemon.daemon              # the daemon tests' fixture: a daemon of its own, torn down
 
 MIB = 1 << 20
 ECHO = str(build_guest("serial_echo"))          # prints READY, waits for a line on its console
@@ -177,26 +177,6 @@ def test_a_nics_frames_and_bytes_cover_what_net_check_sent_and_received(machine_
 
 # ---- the daemon's /metrics ---------------------------------------------------------------------
 
-@pytest.fixture
-def daemon():
-    root = Path(tempfile.mkdtemp(prefix="vkm", dir="/tmp"))
-    running = Daemon(root)
-    running.start()
-    try:
-        yield running
-    finally:
-        pids = running.vm_pids()
-        forkserver = running.info().get("forkserver_pid")
-        running.stop()
-        for pid in [*pids, *([forkserver] if forkserver else [])]:
-            try:
-                os.kill(pid, signal.SIGCONT)
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def get(daemon: Daemon, path: str) -> tuple[int, str, str]:
     connection = UnixHTTPConnection(str(daemon.socket), timeout=30)
     try:
@@ -216,7 +196,8 @@ def start_echo(daemon: Daemon, name: str) -> int:
     return vm["pid"]
 
 
-def test_the_daemon_serves_its_own_and_every_running_vms_metrics(daemon):
+def test_the_daemon_serves_its_own_and_every_running_vms_metrics(held_daemon):
+    daemon = held_daemon
     start_echo(daemon, "m1")
     start_echo(daemon, "m2")
     daemon.client.request("POST", "/vms/m2/pause", {})
@@ -242,7 +223,12 @@ def test_the_daemon_serves_its_own_and_every_running_vms_metrics(daemon):
     assert value(one, "vmkit_vm_up", vm="m1") == 1 and "vmkit_daemon_vms" not in one
     assert get(daemon, "/vms/nobody/metrics")[0] == 404
 
-    os.kill(daemon.info()["forkserver_pid"], signal.SIGKILL)         # the next start needs a new one
+    forkserver = daemon.info()["forkserver_pid"]
+    os.kill(forkserver, signal.SIGKILL)                               # the next start needs a new one
+    deadline = time.monotonic() + 10
+    while daemon.info()["forkserver_pid"] == forkserver:             # until the daemon has seen it die
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     start_echo(daemon, "m3")
     families = parse_exposition(get(daemon, "/metrics")[2])
     assert value(families, "vmkit_daemon_api_requests_total", code="404") == 1
@@ -250,7 +236,8 @@ def test_the_daemon_serves_its_own_and_every_running_vms_metrics(daemon):
     assert value(families, "vmkit_daemon_vms_started_total") == 3
 
 
-def test_a_stuck_or_killed_vm_does_not_break_a_scrape(daemon):
+def test_a_stuck_or_killed_vm_does_not_break_a_scrape(held_daemon):
+    daemon = held_daemon
     stuck = start_echo(daemon, "stuck")
     killed = start_echo(daemon, "killed")
     start_echo(daemon, "fine")
