@@ -179,6 +179,8 @@ def test_exec_and_cp_refuse_with_one_line_and_status_125(daemon, tmp_path):
         (("exec", "nobody", "--", "true"), "no VM named 'nobody'"),
         (("exec", "plain"), "give the command"),
         (("exec", "-e", "=x", "plain", "--", "true"), "the name is missing"),
+        (("exec", "plain", "--", ""), "argv"),
+        (("cp", str(tmp_path / "file"), "plain:/" + "x" * 5000), "1 to 4096 bytes"),
         (("exec", "--agent-timeout", "1", "noagent", "--", "true"), "did not answer within 1 s"),
         (("exec", "asleep", "--", "true"), "is paused, not running"),
         (("exec", "gone", "--", "true"), "is exited, not running"),

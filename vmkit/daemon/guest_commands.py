@@ -12,7 +12,7 @@ import select
 import signal
 import sys
 
-from vmkit.agent import AgentError, ExecProcess, RemoteExecError
+from vmkit.agent import AgentError, ExecProcess, RemoteExecError, protocol
 from vmkit.cli import StartError, Stopped, say
 from vmkit.sdk import VM, CopyError, VMError
 from vmkit.vmm import outcome
@@ -30,6 +30,10 @@ def exec_command(args: argparse.Namespace) -> int:
     if not command:
         raise StartError("exec: give the command after the VM's name (vmkit exec NAME -- CMD ARGS...)")
     environment = _environment(args.env)
+    try:                                     # what the agent would refuse, refused before any VM is asked
+        protocol.encode_exec(command, environment, args.workdir, stdin_pipe=args.interactive, replace_env=False)
+    except ValueError as exc:
+        raise StartError(f"exec: {exc}") from None
     vm = _ready_vm(args.name, args.agent_timeout)
     try:
         process = vm.agent.start(command, environment, args.workdir, stdin=args.interactive)
@@ -122,6 +126,10 @@ def cp_command(args: argparse.Namespace) -> int:
         raise StartError(f"cp: {remote.group(0)!r}: the path in the VM is missing (NAME:PATH)")
     if target is not None:
         _check_local_source(args.source)
+    try:
+        protocol.encode_path(guest_path)
+    except ValueError as exc:
+        raise StartError(f"cp: {exc}") from None
     vm = _ready_vm(name, args.agent_timeout)
     try:
         if source is not None:
