@@ -4,7 +4,9 @@
 
 A daemon of its own (a temporary runtime directory, as bench.daemon) starts N `idle` VMs (the guest
 halts until console input: no CPU while held) for each step, from none. For each step:
-  - the time until the daemon had answered every start, until every guest had printed READY, VMs/s;
+  - the time until the daemon had answered every start, until every guest had printed READY, VMs/s,
+    and the CPU time one start cost the daemon, the fork server (its intermediate children
+    included) and the VM process (until it ran);
   - the total PSS (smaps_rollup) of the VM processes, the daemon and the fork server, and per VM,
     once all are READY and again after --settle seconds (the time KSM has to merge pages, where the
     host runs it: /sys/kernel/mm/ksm/run; the header says how it was set);
@@ -123,17 +125,24 @@ def wait_ready(logs: Iterable[Path], timeout: float = READY_TIMEOUT_SECONDS) -> 
             time.sleep(0.05)
 
 
-def cpu_ticks(pids: list[int]) -> int:
-    """User + system clock ticks the processes used so far (gone ones count 0)."""
+def cpu_ticks(pids: list[int], reaped_children: bool = False) -> int:
+    """User + system clock ticks the processes used so far (gone ones count 0), with those of
+    their children they have waited for if `reaped_children`."""
     total = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
+            if reaped_children:
+                total += int(fields[13]) + int(fields[14])
         except (FileNotFoundError, ProcessLookupError):
             pass
     return total
+
+
+def ms_per(ticks: int, count: int) -> float:
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK") / max(count, 1)
 
 
 def ksm_setting() -> str:
@@ -162,6 +171,7 @@ class Step:
     forkserver_pss_kib: int = 0
     available_drop_kib: int = 0
     cpu_ms_per_s: float = 0.0
+    start_cpu_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)   # per start: daemon, fork server, VM process
     get_vm_ms: list[float] = field(default_factory=list)
     list_ms: list[float] = field(default_factory=list)
     removed_s: float = 0.0
@@ -212,12 +222,19 @@ class DaemonDensity:
         names = [f"idle{index}" for index in range(n)]
         fds_before = fd_count(self.daemon_pid)
         available_before = meminfo_kib("MemAvailable")
+        forkserver = self.client.request("GET", "/").get("forkserver_pid")
+        daemon_ticks = cpu_ticks([self.daemon_pid])
+        forkserver_ticks = cpu_ticks([forkserver], reaped_children=True) if forkserver else 0
         start = time.perf_counter()
         started: list[str] = []
         try:
             started = self._start_all(step, names)
             step.answered_s = time.perf_counter() - start
             step.held = len(started)
+            if forkserver:
+                step.start_cpu_ms = (ms_per(cpu_ticks([self.daemon_pid]) - daemon_ticks, step.held),
+                                     ms_per(cpu_ticks([forkserver], True) - forkserver_ticks, step.held),
+                                     ms_per(cpu_ticks(self._pids(started)), step.held))
             wait_ready(self.root / "vms" / name / "console.log" for name in started)
             step.ready_s = time.perf_counter() - start
             time.sleep(1.0)                       # let the starts' transient memory settle
@@ -225,11 +242,10 @@ class DaemonDensity:
             pids = self._pids(started)
             step.vm_pss_kib = [pss_kib(pid) for pid in pids]
             step.daemon_pss_kib = pss_kib(self.daemon_pid)
-            forkserver = self.client.request("GET", "/").get("forkserver_pid")
             step.forkserver_pss_kib = pss_kib(forkserver) if forkserver else 0
             ticks = cpu_ticks(pids)
             time.sleep(2.0)
-            step.cpu_ms_per_s = (cpu_ticks(pids) - ticks) * 1000 / os.sysconf("SC_CLK_TCK") / 2.0
+            step.cpu_ms_per_s = ms_per(cpu_ticks(pids) - ticks, 2)
             if self.settle_s:
                 time.sleep(self.settle_s)
                 step.settled_pss_kib = [pss_kib(pid) for pid in pids]
@@ -326,12 +342,13 @@ def mib(kib: float) -> str:
 
 
 def report(steps: list[Step], qemu: list[QemuStep], clients: int, settle_s: float) -> str:
-    lines = ["| VMs | all answered s | all READY s | VMs/s | GET /vms/NAME p50 / p99 ms | GET /vms p50 / p99 ms | "
-             "remove all s | left behind |", "|" + "---|" * 8]
+    lines = ["| VMs | all answered s | all READY s | VMs/s | CPU per start ms: daemon + fork server + VM process | "
+             "GET /vms/NAME p50 / p99 ms | GET /vms p50 / p99 ms | remove all s | left behind |", "|" + "---|" * 9]
     for s in steps:
         held = f"{s.held}" if s.held == s.wanted else f"{s.held} of {s.wanted}"
+        cpu = " + ".join(f"{ms:.1f}" for ms in s.start_cpu_ms) + f" = {sum(s.start_cpu_ms):.1f}"
         lines.append(f"| {held} | {s.answered_s:.1f} | {s.ready_s:.1f} | {s.held / s.ready_s if s.ready_s else 0:.1f} | "
-                     f"{_p(s.get_vm_ms)} | {_p(s.list_ms)} | {s.removed_s:.1f} | {'; '.join(s.leftovers) or 'nothing'} |")
+                     f"{cpu} | {_p(s.get_vm_ms)} | {_p(s.list_ms)} | {s.removed_s:.1f} | {'; '.join(s.leftovers) or 'nothing'} |")
     lines += ["", f"| VMs | PSS/VM MiB, READY | PSS/VM MiB, {settle_s:.0f} s later | total PSS MiB (VMs + daemon + "
               "fork server) | daemon + fork server MiB | MemAvailable drop / VM MiB | CPU of all VMs while held, ms/s |",
               "|" + "---|" * 7]
