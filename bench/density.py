@@ -242,6 +242,7 @@ class DaemonDensity:
             pids = self._pids(started)
             step.vm_pss_kib = [pss_kib(pid) for pid in pids]
             step.daemon_pss_kib = pss_kib(self.daemon_pid)
+            forkserver = forkserver or self.client.request("GET", "/").get("forkserver_pid")
             step.forkserver_pss_kib = pss_kib(forkserver) if forkserver else 0
             ticks = cpu_ticks(pids)
             time.sleep(2.0)
