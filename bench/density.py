@@ -170,6 +170,7 @@ class Step:
     daemon_pss_kib: int = 0
     forkserver_pss_kib: int = 0
     available_drop_kib: int = 0
+    settled_drop_kib: int = 0
     cpu_ms_per_s: float = 0.0
     start_cpu_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)   # per start: daemon, fork server, VM process
     get_vm_ms: list[float] = field(default_factory=list)
@@ -250,6 +251,7 @@ class DaemonDensity:
             if self.settle_s:
                 time.sleep(self.settle_s)
                 step.settled_pss_kib = [pss_kib(pid) for pid in pids]
+                step.settled_drop_kib = available_before - meminfo_kib("MemAvailable")
             if started:
                 step.get_vm_ms = [s * 1000 for s in timed(
                     lambda: self.client.request("GET", f"/vms/{random.choice(started)}"), 200)]
@@ -351,14 +353,15 @@ def report(steps: list[Step], qemu: list[QemuStep], clients: int, settle_s: floa
         lines.append(f"| {held} | {s.answered_s:.1f} | {s.ready_s:.1f} | {s.held / s.ready_s if s.ready_s else 0:.1f} | "
                      f"{cpu} | {_p(s.get_vm_ms)} | {_p(s.list_ms)} | {s.removed_s:.1f} | {'; '.join(s.leftovers) or 'nothing'} |")
     lines += ["", f"| VMs | PSS/VM MiB, READY | PSS/VM MiB, {settle_s:.0f} s later | total PSS MiB (VMs + daemon + "
-              "fork server) | daemon + fork server MiB | MemAvailable drop / VM MiB | CPU of all VMs while held, ms/s |",
-              "|" + "---|" * 7]
+              "fork server) | daemon + fork server MiB | MemAvailable drop / VM MiB, READY / later | "
+              "CPU of all VMs while held, ms/s |", "|" + "---|" * 7]
     for s in steps:
         settled = mib(statistics.mean(s.settled_pss_kib)) if s.settled_pss_kib else "-"
         total = sum(s.settled_pss_kib or s.vm_pss_kib) + s.daemon_pss_kib + s.forkserver_pss_kib
         lines.append(f"| {s.held} | {mib(statistics.mean(s.vm_pss_kib)) if s.vm_pss_kib else '-'} | {settled} | "
                      f"{mib(total)} | {mib(s.daemon_pss_kib)} + {mib(s.forkserver_pss_kib)} | "
-                     f"{mib(s.available_drop_kib / max(s.held, 1))} | {s.cpu_ms_per_s:.0f} |")
+                     f"{mib(s.available_drop_kib / max(s.held, 1))} / "
+                     f"{mib(s.settled_drop_kib / max(s.held, 1)) if s.settled_pss_kib else '-'} | {s.cpu_ms_per_s:.0f} |")
     for s in steps:
         if s.limit:
             lines.append(f"\nStopped at {s.held} of {s.wanted}: {s.limit}")
