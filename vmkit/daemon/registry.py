@@ -48,6 +48,13 @@ class Vm:
         self.state = state            # starting | running | paused | exited
         self.pid: int | None = None
         self.adopted = False          # found again after a restart: not this daemon's child
+        self._machine: dict[str, Any] | None = None
+
+    def machine(self) -> dict[str, Any] | None:
+        """What was built (machine.json), read once: the VM process writes it once, before it runs."""
+        if self._machine is None:
+            self._machine = self.dir.machine()
+        return self._machine
 
 
 def become_subreaper() -> None:
@@ -154,7 +161,7 @@ class Registry:
 
     def describe(self, vm: Vm) -> dict[str, Any]:
         ended = vm.dir.exit() if vm.state == "exited" else None
-        machine = vm.dir.machine()
+        machine = vm.machine()
         return {"name": vm.name, "state": vm.state, "pid": vm.pid,
                 "status": ended.get("status") if ended else None, "exit": ended,
                 "created": vm.config.get("created"), "args": vm.config.get("args"), "cwd": vm.config.get("cwd"),
