@@ -10,6 +10,7 @@ import inspect
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,14 @@ from vmkit.sdk.options import OPTION_OF_KEYWORD, VMOptions, keyword_named, run_a
 
 pytestmark = pytest.mark.timeout(180)
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sdk.md"
+
+
+@pytest.fixture
+def short_dir():
+    """A directory with a short path, for Unix sockets (sun_path holds 108 bytes); removed after."""
+    path = tempfile.mkdtemp(prefix="vs", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _names(daemon) -> list[str]:
@@ -107,7 +116,7 @@ def test_an_exception_inside_the_block_leaves_no_vm_and_no_process(daemon):
         _ = vmkit.VM(guest="hello", daemon_socket=daemon.socket).name
 
 
-def test_start_errors_name_the_keyword_and_leave_nothing(daemon):
+def test_start_errors_name_the_keyword_and_leave_nothing(daemon, tmp_path):
     long_name = "n" * 64                               # its state directory's vsock.sock is too long a path
     cases = [
         ({"guest": "hello", "memory_mib": 0}, "memory_mib", "--memory"),
@@ -141,16 +150,16 @@ def test_start_errors_name_the_keyword_and_leave_nothing(daemon):
         vmkit.VM(guest="hello", disks="/one/string.img")   # type: ignore[arg-type]
     with pytest.raises(TypeError):
         vmkit.VM(image="linux", command="uname -a")        # type: ignore[arg-type]
-    blocker = Path(tempfile.mkdtemp(prefix="vb", dir="/tmp")) / "file"
+    blocker = tmp_path / "file"
     blocker.write_text("")                             # no daemon can be started below a file
     with pytest.raises(vmkit.DaemonUnavailable):
         vmkit.VM.attach("x", daemon_socket=blocker / "daemon.sock")
 
 
-def test_a_vm_whose_agent_never_answers_fails_its_start_with_its_console(daemon):
+def test_a_vm_whose_agent_never_answers_fails_its_start_with_its_console(daemon, short_dir):
     """What start() does when the agent it waits for does not come (here: guest-kit programs behind a
     vsock device, told to wait as for an image): the error ends with the console, and no VM is left."""
-    sockets = tempfile.mkdtemp(prefix="vs", dir="/tmp")
+    sockets = short_dir
     ended = vmkit.VM(guest="hello", vsock=f"{sockets}/a.sock", daemon_socket=daemon.socket)
     ended.waits_for_agent = True
     with pytest.raises(vmkit.VMStartError, match="ended before its agent answered") as failed:
@@ -164,8 +173,8 @@ def test_a_vm_whose_agent_never_answers_fails_its_start_with_its_console(daemon)
     assert _names(daemon) == []
 
 
-def test_exec_and_cp_refuse_with_one_line_and_status_125(daemon, tmp_path):
-    sockets = tempfile.mkdtemp(prefix="vs", dir="/tmp")
+def test_exec_and_cp_refuse_with_one_line_and_status_125(daemon, tmp_path, short_dir):
+    sockets = short_dir
     daemon.ok("run", "-d", "-g", "serial_echo", "--name", "plain")
     for name in ("noagent", "asleep"):                    # a vsock device, but no agent inside
         daemon.ok("run", "-d", "-g", "serial_echo", "--name", name, "--vsock", f"{sockets}/{name}.sock")
@@ -246,7 +255,7 @@ def test_exec_relays_output_stdin_and_status_with_the_real_agent(tmp_path):
         rig.close()
 
 
-def test_async_vm_and_cancellation_leave_no_vm(daemon, tmp_path):
+def test_async_vm_and_cancellation_leave_no_vm(daemon, tmp_path, short_dir):
     socket_path = daemon.socket
 
     async def scenario() -> None:
@@ -270,7 +279,7 @@ def test_async_vm_and_cancellation_leave_no_vm(daemon, tmp_path):
         assert "cut" not in _names(daemon)
 
         # cancelled (by a timeout) while it waits for an agent that never answers
-        vsock = f"{tempfile.mkdtemp(prefix='vs', dir='/tmp')}/v.sock"
+        vsock = f"{short_dir}/v.sock"
         waiting = vmkit.AsyncVM(guest="serial_echo", name="waits", vsock=vsock, daemon_socket=socket_path)
         waiting.vm.waits_for_agent = True
         started = time.monotonic()
