@@ -222,6 +222,10 @@ def test_the_daemon_serves_its_own_and_every_running_vms_metrics(held_daemon):
     assert all(dict(labels)["vm"] == "m1" for family in one.values() for labels in family["samples"])
     assert value(one, "vmkit_vm_up", vm="m1") == 1 and "vmkit_daemon_vms" not in one
     assert get(daemon, "/vms/nobody/metrics")[0] == 404
+    assert value(parse_exposition(daemon.ok("stats")), "vmkit_vm_up", vm="m2") == 1     # the CLI's view
+    assert value(parse_exposition(daemon.ok("stats", "m1")), "vmkit_vm_vcpus", vm="m1") == 1
+    refused = daemon.cli("stats", "nobody")
+    assert refused.returncode == 125 and refused.stderr.strip() == "vmkit: error: no VM named 'nobody'"
 
     forkserver = daemon.info()["forkserver_pid"]
     os.kill(forkserver, signal.SIGKILL)                               # the next start needs a new one
@@ -231,7 +235,7 @@ def test_the_daemon_serves_its_own_and_every_running_vms_metrics(held_daemon):
         time.sleep(0.02)
     start_echo(daemon, "m3")
     families = parse_exposition(get(daemon, "/metrics")[2])
-    assert value(families, "vmkit_daemon_api_requests_total", code="404") == 1
+    assert value(families, "vmkit_daemon_api_requests_total", code="404") == 2
     assert value(families, "vmkit_daemon_forkserver_restarts_total") == 1
     assert value(families, "vmkit_daemon_vms_started_total") == 3
 

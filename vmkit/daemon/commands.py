@@ -1,5 +1,5 @@
 """The CLI's commands over the daemon: `vmkit run -d`, ps, logs, pause, resume, stop, rm, inspect,
-events, and `vmkit daemon` itself. Each error is one line and exit status 125, as `vmkit run`'s."""
+events, stats, and `vmkit daemon` itself. Each error is one line and exit status 125, as `vmkit run`'s."""
 
 from __future__ import annotations
 
@@ -67,6 +67,9 @@ def _command(args: argparse.Namespace, client: Client) -> int:
         return 0
     if command == "events":
         _copy(client.stream("/events?follow=1" if args.follow else "/events"))
+        return 0
+    if command == "stats":
+        _copy(client.stream("/metrics" if args.name is None else f"/vms/{quote(args.name, safe='')}/metrics"))
         return 0
     target = f"/vms/{quote(args.name, safe='')}"
     if command == "logs":

@@ -35,6 +35,9 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     events = commands.add_parser("events", help="the daemon's events (start, pause, die, ...) as JSON lines",
                                  parents=[common])
     events.add_argument("--follow", "-f", action="store_true", help="go on printing new events")
+    stats = commands.add_parser("stats", help="metrics in Prometheus' text format: the daemon's and every "
+                                "running VM's, or one VM's (docs/metrics.md)", parents=[common])
+    stats.add_argument("name", nargs="?")
     _add_guest_parsers(commands, common)
 
 
@@ -60,4 +63,5 @@ def _add_guest_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
                       "directory receives the file under its own name)")
 
 
-COMMANDS = ("daemon", "ps", "logs", "attach", "pause", "resume", "inspect", "stop", "rm", "events", "exec", "cp")
+COMMANDS = ("daemon", "ps", "logs", "attach", "pause", "resume", "inspect", "stop", "rm", "events", "stats", "exec",
+            "cp")
