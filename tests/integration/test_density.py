@@ -107,3 +107,17 @@ def test_the_bench_module_runs_as_a_command():
     done = subprocess.run([sys.executable, "-m", "bench.density", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and "--steps" in done.stdout
+
+
+def test_vm_processes_are_open_to_same_page_merging(held):
+    root, _, client = held
+    pid = client.request("POST", "/vms", {"name": "merged", "args": ["--kernel", str(build_guest("idle"))],
+                                          "cwd": "/"})["pid"]
+    try:
+        stat = Path(f"/proc/{pid}/ksm_stat").read_text()
+    except OSError:
+        pytest.skip("this kernel has no /proc/PID/ksm_stat")
+    if "ksm_merge_any" not in stat:
+        pytest.skip("this kernel does not report PR_SET_MEMORY_MERGE")
+    assert "ksm_merge_any: yes" in stat
+    client.request("DELETE", "/vms/merged?force=1")
