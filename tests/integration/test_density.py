@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -121,3 +122,14 @@ def test_vm_processes_are_open_to_same_page_merging(held):
         pytest.skip("this kernel does not report PR_SET_MEMORY_MERGE")
     assert "ksm_merge_any: yes" in stat
     client.request("DELETE", "/vms/merged?force=1")
+
+
+def test_the_fork_server_s_rehearsal_ends_a_guest_that_does_not_and_leaves_no_thread(tmp_path, monkeypatch):
+    from vmkit.daemon.forkserver import rehearse
+
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    rehearse("idle", limit_seconds=0.5)                    # idle never ends by itself
+    assert time.monotonic() - started < 20
+    assert os.getcwd() == str(tmp_path)
+    assert threading.active_count() == 1
