@@ -176,6 +176,7 @@ class Step:
     get_vm_ms: list[float] = field(default_factory=list)
     list_ms: list[float] = field(default_factory=list)
     removed_s: float = 0.0
+    vm_pids: list[int] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     limit: str | None = None
 
@@ -257,7 +258,7 @@ class DaemonDensity:
                     lambda: self.client.request("GET", f"/vms/{random.choice(started)}"), 200)]
                 step.list_ms = [s * 1000 for s in timed(lambda: self.client.request("GET", "/vms"), 10)]
         finally:
-            pids = self._pids(started)
+            pids = step.vm_pids = self._pids(started)
             start = time.perf_counter()
             self._remove(self._names_held())
             step.removed_s = time.perf_counter() - start
@@ -296,6 +297,10 @@ class DaemonDensity:
         if sockets:
             left.append(f"{len(sockets)} control sockets")
         fds_after = fd_count(self.daemon_pid)
+        deadline = time.monotonic() + 5                # the last connections' threads close theirs
+        while fds_after > fds_before and time.monotonic() < deadline:
+            time.sleep(0.1)
+            fds_after = fd_count(self.daemon_pid)
         if fds_after > fds_before:
             left.append(f"the daemon holds {fds_after - fds_before} fds more")
         return left

@@ -40,20 +40,15 @@ def held():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _vm_processes() -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "comm").read_text().startswith("vmkit-vm"):
-                found.add(int(entry.name))
-        except OSError:
-            pass
-    return found
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().startswith("vmkit-vm")
+    except OSError:
+        return False
 
 
 def test_fifty_idle_vms_are_held_measured_and_removed_leaving_nothing(held):
     root, process, client = held
-    before = _vm_processes()
     density = DaemonDensity(client, process.pid, root, str(build_guest("idle")), memory_mib=16, clients=4,
                             reserve_kib=1 << 20, settle_s=0)
     step = density.run(50)
@@ -65,7 +60,7 @@ def test_fifty_idle_vms_are_held_measured_and_removed_leaving_nothing(held):
     assert step.leftovers == []
     assert client.request("GET", "/vms?all=1") == []
     assert list((root / "vms").iterdir()) == []
-    assert _vm_processes() - before == set()
+    assert len(step.vm_pids) == 50 and not any(_alive(pid) for pid in step.vm_pids)
 
 
 def test_an_idle_vm_ends_on_q_and_on_sigterm(held):
