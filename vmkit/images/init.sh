@@ -5,6 +5,32 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
+# The ACPI power button (vmkit stop): acpid runs /etc/acpi/PWRF/00000080 on a press, which sends
+# SIGUSR2 to init (busybox's poweroff signal); init then stops every process, syncs, unmounts the
+# disks and shares, and powers off. The command runs in the background so that init, waiting for
+# it, acts on the signal at once.
+shut_down() {
+    trap '' USR2
+    echo "vmkit-init: power button: stopping processes, unmounting file systems, powering off"
+    kill -TERM -1 2>/dev/null
+    (sleep 5; kill -KILL -1 2>/dev/null) &
+    [ -z "$command_pid" ] || wait "$command_pid"
+    kill -KILL -1 2>/dev/null
+    sync
+    mounted=
+    while read -r device mount_point fs_type rest; do
+        case "$device:$fs_type" in /dev/*|*:9p) mounted="$mount_point $mounted" ;; esac
+    done < /proc/mounts
+    for mount_point in $mounted; do
+        umount -r "$mount_point" || echo "vmkit-init: cannot unmount $mount_point"
+    done
+    echo "vmkit-init: powering off"
+    poweroff -f
+}
+trap shut_down USR2
+if [ -e /dev/input/event0 ]; then
+    acpid -d </dev/null >/dev/null 2>&1 &
+fi
 # Shared folders (vmkit run --share): mount each virtio-9p tag at /mnt/TAG.
 for tag_file in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
     [ -e "$tag_file" ] || continue
@@ -59,7 +85,10 @@ else
     set -- sh
 fi
 echo "vmkit-init: running: $command_text"
-"$@"
+exec 3<&0
+"$@" <&3 3<&- &
+command_pid=$!
+wait "$command_pid"
 status=$?
 echo "VMKIT_EXIT_STATUS=$status"
 poweroff -f

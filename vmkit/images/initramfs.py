@@ -37,8 +37,11 @@ APPLETS = (
     "sh", "mount", "umount", "poweroff", "reboot", "echo", "cat", "ls", "uname", "sleep", "true",
     "false", "mkdir", "dmesg", "grep", "nproc", "free", "env", "printf", "test", "[", "head",
     "tail", "wc", "date", "id", "hostname", "ps", "df", "sync", "tr", "base64",
-    "ip", "udhcpc", "wget", "nc",
+    "ip", "udhcpc", "wget", "nc", "acpid", "kill",
 )
+# acpid's handler for a power-button press (its built-in table maps KEY_POWER to PWRF/00000080 under
+# /etc/acpi): init shuts down on SIGUSR2, as busybox's init powers off on it.
+POWER_BUTTON_HANDLER = b"#!/bin/sh\nkill -USR2 1\n"
 
 
 class InitramfsError(RuntimeError):
@@ -83,7 +86,8 @@ def build_agent() -> bytes:
 def build_initramfs(busybox: Path | None = None) -> bytes:
     busybox = busybox or find_busybox()
     archive = CpioWriter()
-    for directory in ("bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "root", "usr", "usr/bin"):
+    for directory in ("bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "etc/acpi", "etc/acpi/PWRF", "root",
+                      "usr", "usr/bin"):
         archive.directory(directory)
     archive.device("dev/console", 0o600, 5, 1)
     archive.device("dev/null", 0o666, 1, 3)
@@ -94,4 +98,5 @@ def build_initramfs(busybox: Path | None = None) -> bytes:
     archive.file("bin/vsock_probe", build_vsock_probe(), 0o755)
     archive.file("bin/vmkit-agent", build_agent(), 0o755)
     archive.file("etc/udhcpc.sh", DHCP_SCRIPT, 0o755)
+    archive.file("etc/acpi/PWRF/00000080", POWER_BUTTON_HANDLER, 0o755)
     return archive.finish()
