@@ -264,6 +264,73 @@ def test_mergeable_buffers_spread_a_frame_over_chains(tap_rig):
     assert rig.memory.read(BUFFERS + 12, 588) + rig.memory.read(BUFFERS + 0x1000, 412) == data
 
 
+def test_with_tso_a_small_frame_takes_one_chain_and_a_segment_as_many_as_it_needs(tap_rig):
+    rig, peer = tap_rig
+    rig.net.activate(VIRTIO_F_VERSION_1 | h.F_MRG_RXBUF | h.F_GUEST_CSUM | h.F_GUEST_TSO4)
+    for i in range(16):
+        rig.post(rig.rx, [(BUFFERS + i * 0x1000, 1526, True)])
+    small, segment = frame(100, seed=1), frame(9000, seed=2)
+    peer.send(h.ZERO_HEADER + small)
+    peer.send(h.NetHeader(h.FLAG_NEEDS_CSUM).pack() + segment)
+    assert rig.net.process(rig.rx, rig.memory)
+    assert rig.used(rig.rx) == [(0, 112), (1, 1526), (2, 1526), (3, 1526), (4, 1526), (5, 1526), (6, 1382)]
+    assert struct.unpack_from("<H", rig.memory.read(BUFFERS + 10, 2))[0] == 1
+    assert struct.unpack_from("<H", rig.memory.read(BUFFERS + 0x1000 + 10, 2))[0] == 6
+    assert rig.memory.read(BUFFERS + 0x1000, 1)[0] & h.FLAG_NEEDS_CSUM          # the tap's header kept
+    placed = rig.memory.read(BUFFERS + 0x1000 + 12, 1514) + b"".join(
+        rig.memory.read(BUFFERS + i * 0x1000, 1526) for i in range(2, 6)) + rig.memory.read(BUFFERS + 0x6000, 1382)
+    assert placed == segment
+    peer.send(h.ZERO_HEADER + small)
+    assert rig.net.process(rig.rx, rig.memory)
+    assert rig.used(rig.rx) == [(7, 112)]                              # the next chain, not one further
+
+
+def test_a_segment_waits_half_placed_until_the_driver_offers_enough(tap_rig):
+    rig, peer = tap_rig
+    rig.net.activate(VIRTIO_F_VERSION_1 | h.F_MRG_RXBUF | h.F_GUEST_CSUM | h.F_GUEST_TSO4)
+    for i in range(2):
+        rig.post(rig.rx, [(BUFFERS + i * 0x1000, 2048, True)])
+    segment = frame(6000, seed=3)
+    peer.send(h.ZERO_HEADER + segment)
+    assert not rig.net.process(rig.rx, rig.memory)                     # 4096 of 6012 bytes placed
+    assert rig.used(rig.rx) == [] and rig.net.backend.fd not in rig.host.watched  # until a kick
+    peer.send(h.ZERO_HEADER + frame(80, seed=4))                       # waits in the backend meanwhile
+    for i in range(2, 4):
+        rig.post(rig.rx, [(BUFFERS + i * 0x1000, 2048, True)])
+    assert rig.net.process(rig.rx, rig.memory)
+    assert rig.used(rig.rx) == [(0, 2048), (1, 2048), (2, 1916), (3, 92)]
+    assert struct.unpack_from("<H", rig.memory.read(BUFFERS + 10, 2))[0] == 3
+    assert (rig.memory.read(BUFFERS + 12, 2036) + rig.memory.read(BUFFERS + 0x1000, 2048)
+            + rig.memory.read(BUFFERS + 0x2000, 1916)) == segment
+
+
+def test_a_hostile_chain_after_a_half_placed_frame_needs_a_reset(tap_rig):
+    rig, peer = tap_rig
+    rig.net.activate(VIRTIO_F_VERSION_1 | h.F_MRG_RXBUF | h.F_GUEST_CSUM | h.F_GUEST_TSO4)
+    rig.post(rig.rx, [(BUFFERS, 2048, True)])
+    peer.send(h.ZERO_HEADER + frame(6000))
+    assert not rig.net.process(rig.rx, rig.memory)
+    rig.post(rig.rx, [(BUFFERS + 0x1000, 2048, False)])                # device-readable
+    with pytest.raises(VirtqueueError, match="device-readable"):
+        rig.net.process(rig.rx, rig.memory)
+    rig.net.reset()
+    assert rig.net.save().offloads == VIRTIO_F_VERSION_1                # nothing half placed is left
+
+
+def test_a_save_drops_a_half_placed_frame_and_offers_its_chains_again(tap_rig):
+    rig, peer = tap_rig
+    rig.net.activate(VIRTIO_F_VERSION_1 | h.F_MRG_RXBUF | h.F_GUEST_CSUM | h.F_GUEST_TSO4)
+    rig.post(rig.rx, [(BUFFERS, 2048, True)])
+    peer.send(h.ZERO_HEADER + frame(6000))
+    assert not rig.net.process(rig.rx, rig.memory)
+    assert rig.rx.last_avail == 1
+    rig.net.save()
+    assert rig.rx.last_avail == 0                                      # the chain is the driver's again
+    peer.send(h.ZERO_HEADER + frame(80, seed=6))
+    assert rig.net.process(rig.rx, rig.memory)
+    assert rig.used(rig.rx) == [(0, 92)]
+
+
 @pytest.mark.parametrize("chain", [
     [(BUFFERS, 2048, False)],                               # device-readable rx buffer
     [(BUFFERS, 8, True)],                                   # no room for the header

@@ -5,14 +5,6 @@ from __future__ import annotations
 from typing import Protocol
 
 
-class FrameTooLarge(Exception):
-    """The frame waiting on the backend is larger than the buffers offered: it was read and dropped."""
-
-    def __init__(self, length: int) -> None:
-        super().__init__(f"a {length}-byte frame did not fit the receive buffers")
-        self.length = length
-
-
 class NetBackend(Protocol):
     """The host end of one NIC. Frames cross it with the 12-byte virtio_net_hdr in front."""
 
@@ -29,8 +21,14 @@ class NetBackend(Protocol):
         ...
 
     def receive(self, views: list[memoryview]) -> int | None:
-        """Put the next frame (header first) into `views`; its length, or None when none waits.
-        Raises FrameTooLarge when it does not fit (it is gone), OSError when the backend fails."""
+        """Read the next frame (header first) into `views`: its whole length, or None when none
+        waits. A frame longer than `views` is still read whole: the bytes that did not fit are
+        `spill` until the next call. OSError when the backend fails."""
+        ...
+
+    @property
+    def spill(self) -> memoryview:
+        """The part of the last frame received that did not fit the views it was given."""
         ...
 
     def send(self, views: list[memoryview]) -> None:

@@ -5,11 +5,13 @@ the link status (always up), one queue pair and the MTU. Every frame in either q
 the 12-byte virtio_net_hdr.
 
 - Receive: when the backend's fd is readable the I/O thread serves the rx queue: each frame goes
-  into the driver's buffers (views of guest memory, no copies for a tap), header first, and the
+  into the driver's next chain (views of guest memory, no copies for a tap), header first, and the
   chain is returned with the length written. With no rx buffers offered the fd is no longer
-  watched until the driver kicks rx, so the loop never spins on a frame it has nowhere to put. A
-  frame larger than what the driver offered is dropped and counted. With mergeable buffers
-  (MRG_RXBUF) a frame may take several chains and `num_buffers` says how many.
+  watched until the driver kicks rx, so the loop never spins on a frame it has nowhere to put. With
+  mergeable buffers (MRG_RXBUF) a frame longer than its first chain (a TSO segment) goes on into
+  as many more chains as it needs, copied from where the backend spilled it; when the driver has
+  not offered enough yet, the frame waits, half placed, for its next rx kick. `num_buffers` says
+  how many chains a frame took. Without them a frame larger than its chain is dropped and counted.
 - Transmit: each chain is a header and a frame, device-readable. A chain with device-writable
   buffers, or a frame shorter than an Ethernet header or longer than 65550 bytes, is returned
   unsent and counted; the backend's refusals are counted too. Nothing the guest writes ends the VM.
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from vmkit.devices.rate_limiter import RateLimiter
 from vmkit.devices.state import StateError
 from vmkit.devices.virtio.device import DeviceHost
-from vmkit.devices.virtio.net.backend import FrameTooLarge, NetBackend
+from vmkit.devices.virtio.net.backend import NetBackend
 from vmkit.devices.virtio.net.header import (
     DEVICE_TYPE,
     ETH_HEADER,
@@ -76,6 +78,17 @@ class NetCounters:
     tx_errors: int = 0             # the backend refused the frame
 
 
+@dataclass
+class _PartialFrame:
+    """A received frame longer than its first chain, waiting for more chains (mergeable buffers)."""
+
+    queue: Virtqueue
+    header: list[memoryview]       # the first chain's buffers: the header is there
+    used: list[tuple[int, int]]    # the chains filled so far: (head, bytes written)
+    spill: bytes                   # what is still to be placed
+    length: int                    # the whole frame, header included
+
+
 @dataclass(frozen=True)
 class NetState:
     """The device's guest-visible state, for snapshots: plain data, checked on restore."""
@@ -112,6 +125,7 @@ class VirtioNet:
         self._rx_served = False
         self._rx_waiting = False          # a rate limit's timer will serve rx again
         self._rx_owed: int | None = None  # the size of a frame delivered before the budget covered it
+        self._partial: _PartialFrame | None = None
         self._tx_waiting = False
 
     # --- the VirtioDevice protocol ---------------------------------------------------------------
@@ -128,6 +142,7 @@ class VirtioNet:
 
     def reset(self) -> None:
         self._set_watch(False)
+        self._partial = None              # its chains went with the queues
         if self.negotiated != VIRTIO_F_VERSION_1:
             self.negotiated = VIRTIO_F_VERSION_1
             self.backend.set_offloads(0)
@@ -147,6 +162,11 @@ class VirtioNet:
 
     # --- snapshots -------------------------------------------------------------------------------
     def save(self) -> NetState:
+        """The state; a frame still waiting for buffers is dropped and its chains offered again, so
+        the saved queues hold no chain the device took and did not return."""
+        partial, self._partial = self._partial, None
+        if partial is not None:
+            _put_back(partial.queue, len(partial.used))
         return NetState(self.mac, self.mtu, self.status, self.negotiated)
 
     def restore(self, state: object) -> None:
@@ -204,34 +224,49 @@ class VirtioNet:
                 return False
             self._rx_owed = None
         delivered = False
-        while self.backend.alive:
-            chains = self._rx_chains(queue, memory)
-            if not chains:
+        if self._partial is not None:
+            if not self._place_rest(queue, memory):
                 self._set_watch(False)          # the driver's next rx kick brings buffers
                 return delivered
-            views = [memory.view(b.address, b.length) for chain in chains for b in chain.writable]
+            delivered = True
+        while self.backend.alive:
+            chain = self._rx_chain(queue, memory)
+            if chain is None:
+                self._set_watch(False)          # the driver's next rx kick brings buffers
+                return delivered
+            views = [memory.view(b.address, b.length) for b in chain.writable]
+            room = sum(b.length for b in chain.writable)
             try:
                 length = self.backend.receive(views)
-            except FrameTooLarge:
-                self.counters.rx_too_large += 1
-                _put_back(queue, len(chains))
-                continue
             except OSError:
                 self.counters.rx_errors += 1
-                _put_back(queue, len(chains))
+                queue.put_back()
                 self._set_watch(False)          # tried again at the driver's next rx kick
                 return delivered
             if length is None:
-                _put_back(queue, len(chains))
+                queue.put_back()
                 break
-            self._complete_rx(queue, memory, chains, views, length)
-            delivered = True
+            placed = True
+            if length <= room:
+                self._complete(queue, memory, views, [(chain.head, length)], length)
+            elif self.negotiated & F_MRG_RXBUF and length <= frame_room(self.negotiated, self.mtu):
+                self._partial = _PartialFrame(queue, views, [(chain.head, room)],
+                                              bytes(self.backend.spill), length)
+                placed = self._place_rest(queue, memory)
+            else:
+                self.counters.rx_too_large += 1     # read and dropped: the chain is offered again
+                queue.put_back()
+                continue
+            delivered = delivered or placed
             if self.rx_limiter is not None:
                 wait_ns = self.rx_limiter.consume(length - HEADER_SIZE)
                 if wait_ns:
                     self._rx_owed = length - HEADER_SIZE
                     self._wait_rx(wait_ns)
                     return delivered
+            if not placed:
+                self._set_watch(False)          # the rest waits for the driver's next rx kick
+                return delivered
         self._set_watch(self.backend.alive)
         return delivered
 
@@ -241,45 +276,46 @@ class VirtioNet:
             self._rx_waiting = True
             self._host.call_later(wait_ns, self._rx_retry)
 
-    def _rx_chains(self, queue: Virtqueue, memory: GuestMemory) -> list[DescriptorChain]:
-        """The chains the next frame may fill: one, or with mergeable buffers as many as the largest
-        frame can need (none, all put back, when the driver has not offered that much yet)."""
-        wanted = frame_room(self.negotiated, self.mtu) if self.negotiated & F_MRG_RXBUF else 1
-        chains: list[DescriptorChain] = []
-        room = 0
-        while room < wanted:
-            chain = queue.pop(memory)
-            if chain is None:
-                _put_back(queue, len(chains))
-                return []
-            if chain.readable:
-                raise VirtqueueError(f"receive chain {chain.head} has device-readable buffers")
-            size = sum(b.length for b in chain.writable)
-            if not chains and size < HEADER_SIZE:
-                raise VirtqueueError(f"receive chain {chain.head} has {size} bytes, less than the "
-                                     f"{HEADER_SIZE}-byte header")
-            chains.append(chain)
-            room += max(size, 1)
-        return chains
+    def _rx_chain(self, queue: Virtqueue, memory: GuestMemory, first: bool = True) -> DescriptorChain | None:
+        """The driver's next receive chain (VirtqueueError when it is not one), or None."""
+        chain = queue.pop(memory)
+        if chain is None:
+            return None
+        if chain.readable:
+            raise VirtqueueError(f"receive chain {chain.head} has device-readable buffers")
+        size = sum(b.length for b in chain.writable)
+        if size < (HEADER_SIZE if first else 1):
+            raise VirtqueueError(f"receive chain {chain.head} has {size} bytes, less than "
+                                 f"{'the 12-byte header' if first else 'one'}")
+        return chain
 
-    def _complete_rx(self, queue: Virtqueue, memory: GuestMemory, chains: list[DescriptorChain],
-                     views: list[memoryview], length: int) -> None:
-        """Return the chains the frame filled (with their lengths), put back the others, and set
-        the header's num_buffers (and its flags, when the driver did not accept checksum offload)."""
-        used: list[tuple[int, int]] = []
-        left = length
-        for chain in chains:
-            if left <= 0:
-                break
-            take = min(left, sum(b.length for b in chain.writable))
-            used.append((chain.head, take))
-            left -= take
-        header = bytearray(_gather(views, HEADER_SIZE))
+    def _place_rest(self, queue: Virtqueue, memory: GuestMemory) -> bool:
+        """Copy the waiting frame's spill into further chains; True once it is all placed and the
+        frame returned, False when the driver has offered too little so far."""
+        partial = self._partial
+        assert partial is not None
+        while partial.spill:
+            chain = self._rx_chain(queue, memory, first=False)
+            if chain is None:
+                return False
+            views = [memory.view(b.address, b.length) for b in chain.writable]
+            take = min(len(partial.spill), sum(b.length for b in chain.writable))
+            _scatter(views, partial.spill[:take])
+            partial.spill = partial.spill[take:]
+            partial.used.append((chain.head, take))
+        self._partial = None
+        self._complete(queue, memory, partial.header, partial.used, partial.length)
+        return True
+
+    def _complete(self, queue: Virtqueue, memory: GuestMemory, header_views: list[memoryview],
+                  used: list[tuple[int, int]], length: int) -> None:
+        """Return the chains a frame filled, with the header's num_buffers set (and its flags
+        cleared when the driver did not accept checksum offload)."""
+        header = bytearray(_gather(header_views, HEADER_SIZE))
         if not self.negotiated & F_GUEST_CSUM:
             header[:NUM_BUFFERS_AT] = NetHeader().pack()[:NUM_BUFFERS_AT]
         struct.pack_into("<H", header, NUM_BUFFERS_AT, len(used))
-        _scatter(views, header)
-        _put_back(queue, len(chains) - len(used))
+        _scatter(header_views, header)
         for head, written in used:
             queue.push_used(memory, head, written)
         self.counters.rx_frames += 1

@@ -16,7 +16,6 @@ import socket
 import struct
 import subprocess
 
-from vmkit.devices.virtio.net.backend import FrameTooLarge
 from vmkit.devices.virtio.net.header import HEADER_SIZE, MAX_FRAME, ZERO_HEADER
 
 LENGTH = struct.Struct(">I")
@@ -47,6 +46,7 @@ class PasstBackend:
         self._sock = sock
         self.process = process
         self._buffer = bytearray()
+        self._spill = memoryview(b"")
         self._eof = False
         self._closed = False
 
@@ -111,10 +111,14 @@ class PasstBackend:
         if frame is None:
             return None
         total = HEADER_SIZE + len(frame)
-        if total > sum(len(v) for v in views):
-            raise FrameTooLarge(len(frame))
+        room = sum(len(v) for v in views)
         _scatter(views, [memoryview(ZERO_HEADER), frame])
+        self._spill = memoryview(ZERO_HEADER + bytes(frame))[room:] if total > room else memoryview(b"")
         return total
+
+    @property
+    def spill(self) -> memoryview:
+        return self._spill
 
     def send(self, views: list[memoryview]) -> None:
         frame = _skip(views, HEADER_SIZE)

@@ -14,7 +14,6 @@ import fcntl
 import os
 import struct
 
-from vmkit.devices.virtio.net.backend import FrameTooLarge
 from vmkit.devices.virtio.net.header import (
     F_GUEST_CSUM,
     F_GUEST_TSO4,
@@ -70,6 +69,7 @@ class TapBackend:
         self._fd = fd
         self._is_tap = is_tap             # False: a datagram socket standing in for one (tests)
         self._scratch = bytearray(HEADER_SIZE + MAX_FRAME + 64)   # catches what the guest's buffers cannot
+        self._spill = memoryview(self._scratch)[:0]
         self._closed = False
 
     @classmethod
@@ -91,9 +91,12 @@ class TapBackend:
             length = os.readv(self._fd, [*views, self._scratch])
         except BlockingIOError:
             return None
-        if length > room:
-            raise FrameTooLarge(length - HEADER_SIZE)
+        self._spill = memoryview(self._scratch)[: max(0, length - room)]
         return length
+
+    @property
+    def spill(self) -> memoryview:
+        return self._spill
 
     def send(self, views: list[memoryview]) -> None:
         os.writev(self._fd, views)
