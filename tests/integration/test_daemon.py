@@ -382,7 +382,7 @@ def test_sigkill_of_the_fork_server_is_recovered_from(daemon):
     assert after != before and _alive(after)
 
 
-def test_fifty_vms_started_and_removed_leave_nothing_behind(daemon):
+def test_a_hundred_vms_started_and_removed_leave_nothing_behind(daemon):
     client = daemon.client
     info = daemon.info()
     daemon_pid, forkserver = info["pid"], info["forkserver_pid"]
@@ -391,7 +391,7 @@ def test_fifty_vms_started_and_removed_leave_nothing_behind(daemon):
     time.sleep(0.3)                                   # the connections' threads finish
     baseline = (_fds(daemon_pid), _fds(forkserver), sorted(_children(daemon_pid)))
     memory = (_rss_kib(daemon_pid), _rss_kib(forkserver))
-    for index in range(50):
+    for index in range(100):
         program = "serial_echo" if index % 10 == 0 else "hello"
         vm = client.request("POST", "/vms", {"name": f"loop{index}", "args": ["-g", program], "cwd": "/"})
         pid = vm["pid"]
