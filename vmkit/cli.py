@@ -393,8 +393,10 @@ def image_command(args: argparse.Namespace) -> int:
 
     try:
         if args.image_command == "build":
-            build_image(args.name, jobs=args.jobs, force=args.force,
-                        progress=lambda line: progress(f"vmkit image: {line}"))
+            from vmkit.build_progress import BuildProgress
+
+            with BuildProgress("vmkit image") as line:
+                build_image(args.name, jobs=args.jobs, force=args.force, progress=line)
         elif args.image_command == "list":
             for image in store.list_images():
                 m = image.manifest

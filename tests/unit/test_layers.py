@@ -7,7 +7,7 @@ from pathlib import Path
 import vmkit
 
 PACKAGE = Path(vmkit.__file__).parent
-RANK = {"cache": 0, "buildproc": 0, "kvm": 0, "memory": 1, "storage": 1, "arch": 2, "devices": 2, "vmm": 3,
+RANK = {"cache": 0, "buildproc": 0, "build_progress": 0, "kvm": 0, "memory": 1, "storage": 1, "arch": 2, "devices": 2, "vmm": 3,
         "guest": 3, "images": 3, "agent": 3, "cli": 4, "daemon": 4, "sdk": 4, "__main__": 4, "api": 5}
 CORE = {"kvm", "memory", "storage", "arch", "devices", "vmm"}
 
