@@ -41,7 +41,8 @@ def test_initramfs_holds_init_busybox_and_applet_links():
         pytest.skip("busybox-static is not installed")
     data = build_initramfs()
     assert data[:6] == b"070701" and len(data) % 512 == 0
-    for name in (b"init\0", b"bin/busybox\0", b"bin/vmkit-agent\0", b"dev/console\0", b"TRAILER!!!\0"):
+    for name in (b"init\0", b"bin/busybox\0", b"bin/vmkit-agent\0", b"bin/vmkit-power-button\0", b"dev/console\0",
+                 b"TRAILER!!!\0"):
         assert name in data
     assert all(f"bin/{applet}\0".encode() in data for applet in APPLETS)
 

@@ -24,6 +24,7 @@ def _inputs_digest() -> str:
     h.update(initramfs.INIT_SCRIPT.read_bytes())
     h.update(initramfs.VSOCK_PROBE_SOURCE.read_bytes())
     h.update(initramfs.AGENT_SOURCE.read_bytes())
+    h.update(initramfs.POWER_BUTTON_SOURCE.read_bytes())
     h.update(Path(initramfs.__file__).read_bytes())
     return h.hexdigest()
 

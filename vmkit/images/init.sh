@@ -5,10 +5,10 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
-# The ACPI power button (vmkit stop): acpid runs /etc/acpi/PWRF/00000080 on a press, which sends
-# SIGUSR2 to init (busybox's poweroff signal); init then stops every process, syncs, unmounts the
-# disks and shares, and powers off. The command runs in the background so that init, waiting for
-# it, acts on the signal at once.
+# The ACPI power button (vmkit stop): on a press vmkit-power-button sends SIGUSR2 to init (busybox
+# init's power-off signal); init then stops every process, syncs, unmounts the disks and shares,
+# and powers off. The command runs in the background so that init, waiting for it, acts on the
+# signal at once.
 shut_down() {
     trap '' USR2
     echo "vmkit-init: power button: stopping processes, unmounting file systems, powering off"
@@ -29,7 +29,7 @@ shut_down() {
 }
 trap shut_down USR2
 if [ -e /dev/input/event0 ]; then
-    acpid -d </dev/null >/dev/null 2>&1 &
+    vmkit-power-button &
 fi
 # Shared folders (vmkit run --share): mount each virtio-9p tag at /mnt/TAG.
 for tag_file in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do

@@ -14,6 +14,8 @@ INIT_SCRIPT = Path(__file__).with_name("init.sh")
 VSOCK_PROBE_SOURCE = Path(__file__).with_name("vsock_probe.c")
 # The guest exec agent (docs/agent.md), started by init when the VM has a vsock device.
 AGENT_SOURCE = Path(__file__).with_name("vmkit_agent.c")
+# The ACPI power button's watcher, started by init: a KEY_POWER press sends init SIGUSR2.
+POWER_BUTTON_SOURCE = Path(__file__).with_name("power_button.c")
 # udhcpc's script (init runs udhcpc for a NIC without a static address): apply the lease.
 DHCP_SCRIPT = b"""#!/bin/sh
 case "$1" in
@@ -37,11 +39,8 @@ APPLETS = (
     "sh", "mount", "umount", "poweroff", "reboot", "echo", "cat", "ls", "uname", "sleep", "true",
     "false", "mkdir", "dmesg", "grep", "nproc", "free", "env", "printf", "test", "[", "head",
     "tail", "wc", "date", "id", "hostname", "ps", "df", "sync", "tr", "base64",
-    "ip", "udhcpc", "wget", "nc", "acpid", "kill",
+    "ip", "udhcpc", "wget", "nc", "kill",
 )
-# acpid's handler for a power-button press (its built-in table maps KEY_POWER to PWRF/00000080 under
-# /etc/acpi): init shuts down on SIGUSR2, as busybox's init powers off on it.
-POWER_BUTTON_HANDLER = b"#!/bin/sh\nkill -USR2 1\n"
 
 
 class InitramfsError(RuntimeError):
@@ -86,8 +85,7 @@ def build_agent() -> bytes:
 def build_initramfs(busybox: Path | None = None) -> bytes:
     busybox = busybox or find_busybox()
     archive = CpioWriter()
-    for directory in ("bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "etc/acpi", "etc/acpi/PWRF", "root",
-                      "usr", "usr/bin"):
+    for directory in ("bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "root", "usr", "usr/bin"):
         archive.directory(directory)
     archive.device("dev/console", 0o600, 5, 1)
     archive.device("dev/null", 0o666, 1, 3)
@@ -98,5 +96,5 @@ def build_initramfs(busybox: Path | None = None) -> bytes:
     archive.file("bin/vsock_probe", build_vsock_probe(), 0o755)
     archive.file("bin/vmkit-agent", build_agent(), 0o755)
     archive.file("etc/udhcpc.sh", DHCP_SCRIPT, 0o755)
-    archive.file("etc/acpi/PWRF/00000080", POWER_BUTTON_HANDLER, 0o755)
+    archive.file("bin/vmkit-power-button", build_static(POWER_BUTTON_SOURCE), 0o755)
     return archive.finish()
