@@ -62,6 +62,8 @@ RX_QUEUE_SIZE, TX_QUEUE_SIZE = 256, 128
 RX, TX = 0, 1                             # queue indices
 CONFIG = struct.Struct("<6sHHH")          # mac, status, max_virtqueue_pairs, mtu
 NUM_BUFFERS_AT = 10
+NUM_BUFFERS = struct.Struct("<H")
+NO_OFFLOAD_FLAGS = NetHeader().pack()[:NUM_BUFFERS_AT]   # a header's fields before num_buffers, all zero
 
 
 @dataclass
@@ -311,11 +313,17 @@ class VirtioNet:
                   used: list[tuple[int, int]], length: int) -> None:
         """Return the chains a frame filled, with the header's num_buffers set (and its flags
         cleared when the driver did not accept checksum offload)."""
-        header = bytearray(_gather(header_views, HEADER_SIZE))
-        if not self.negotiated & F_GUEST_CSUM:
-            header[:NUM_BUFFERS_AT] = NetHeader().pack()[:NUM_BUFFERS_AT]
-        struct.pack_into("<H", header, NUM_BUFFERS_AT, len(used))
-        _scatter(header_views, header)
+        first = header_views[0]
+        if len(first) >= HEADER_SIZE:             # the usual case: the header in one buffer
+            if not self.negotiated & F_GUEST_CSUM:
+                first[:NUM_BUFFERS_AT] = NO_OFFLOAD_FLAGS
+            NUM_BUFFERS.pack_into(first, NUM_BUFFERS_AT, len(used))
+        else:
+            header = bytearray(_gather(header_views, HEADER_SIZE))
+            if not self.negotiated & F_GUEST_CSUM:
+                header[:NUM_BUFFERS_AT] = NO_OFFLOAD_FLAGS
+            NUM_BUFFERS.pack_into(header, NUM_BUFFERS_AT, len(used))
+            _scatter(header_views, header)
         for head, written in used:
             queue.push_used(memory, head, written)
         self.counters.rx_frames += 1
