@@ -2,8 +2,9 @@
 
 Requests: {"op": "status" | "pause" | "resume" | "stop" | "metrics"}, or {"op": "input", "data": BASE64}
 (bytes for the guest's console). Answers: {"ok": true, "state": ...}, {"ok": true, "data": {...}} for
-"metrics" (vmm/metrics.py's snapshot as JSON), or {"ok": false, "error": "..."}. The VM process serves
-it on a thread of its own; the daemon asks.
+"metrics" (vmm/metrics.py's snapshot as JSON), or {"ok": false, "error": "..."}. "stop" presses the
+VM's ACPI power button (the daemon stops the VM hard with SIGTERM when the guest does not power off).
+The VM process serves it on a thread of its own; the daemon asks.
 """
 
 from __future__ import annotations
