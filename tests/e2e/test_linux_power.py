@@ -9,19 +9,15 @@ Slow on PVM hosts (the kernel runs in KVM's instruction emulator: a minute or tw
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_vmkit
-from tests.integration.test_daemon import Daemon
+from tests.integration.test_daemon import Daemon, running_daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 BOOT_TIMEOUT_S = 900
@@ -38,20 +34,8 @@ def image():
 
 @pytest.fixture(scope="module")
 def daemon():
-    root = Path(tempfile.mkdtemp(prefix="vkp", dir="/tmp"))
-    running = Daemon(root)
-    running.start()
-    try:
+    with running_daemon("vkp") as running:
         yield running
-    finally:
-        pids = running.vm_pids()
-        running.stop()
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _wait_for_log(daemon: Daemon, name: str, marker: str, timeout: float) -> str:

@@ -11,22 +11,18 @@ import contextlib
 import errno
 import io
 import json
-import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 import vmkit
 from tests.conftest import run_vmkit
-from tests.integration.test_daemon import Daemon
-from vmkit.daemon.vmdir import VmDir
+from tests.integration.test_daemon import running_daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 BOOT_TIMEOUT_S = 900
@@ -37,18 +33,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "sdk.md"
 def daemon():
     built = run_vmkit("image", "build", "linux", timeout=3600)
     assert built.returncode == 0, built.stdout + built.stderr
-    root = Path(tempfile.mkdtemp(prefix="vk", dir="/tmp"))
-    running = Daemon(root)
-    running.start()
-    try:
+    with running_daemon() as running:
         yield running
-    finally:
-        pids = [pid for path in (running.socket.parent / "vms").glob("*") if (pid := VmDir(path).pid())]
-        running.stop()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

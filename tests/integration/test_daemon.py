@@ -7,6 +7,7 @@ every VM process it left, at the end. "hello" exits at once; "serial_echo" waits
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,9 +101,11 @@ class Daemon:
                 self.kill()
 
 
-@pytest.fixture
-def daemon():
-    root = Path(tempfile.mkdtemp(prefix="vk", dir="/tmp"))
+@contextlib.contextmanager
+def running_daemon(prefix: str = "vk") -> Iterator[Daemon]:
+    """A daemon of its own in a fresh runtime directory; afterwards it is stopped and whatever it
+    leaves (VM processes, its fork server, the directory) is killed and removed."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     running = Daemon(root)
     running.start()
     try:
@@ -120,6 +124,12 @@ def daemon():
             except ProcessLookupError:
                 pass
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon():
+    with running_daemon() as running:
+        yield running
 
 
 def _children(pid: int) -> list[int]:
