@@ -87,7 +87,7 @@ class _PartialFrame:
     queue: Virtqueue
     header: list[memoryview]       # the first chain's buffers: the header is there
     used: list[tuple[int, int]]    # the chains filled so far: (head, bytes written)
-    spill: bytes                   # what is still to be placed
+    spill: memoryview              # what is still to be placed (a view: taking from it copies nothing)
     length: int                    # the whole frame, header included
 
 
@@ -253,7 +253,7 @@ class VirtioNet:
                 self._complete(queue, memory, views, [(chain.head, length)], length)
             elif self.negotiated & F_MRG_RXBUF and length <= frame_room(self.negotiated, self.mtu):
                 self._partial = _PartialFrame(queue, views, [(chain.head, room)],
-                                              bytes(self.backend.spill), length)
+                                              memoryview(bytes(self.backend.spill)), length)
                 placed = self._place_rest(queue, memory)
             else:
                 self.counters.rx_too_large += 1     # read and dropped: the chain is offered again
@@ -296,7 +296,7 @@ class VirtioNet:
         frame returned, False when the driver has offered too little so far."""
         partial = self._partial
         assert partial is not None
-        while partial.spill:
+        while len(partial.spill):
             chain = self._rx_chain(queue, memory, first=False)
             if chain is None:
                 return False
@@ -385,7 +385,7 @@ def _gather(views: list[memoryview], length: int) -> bytes:
     return b"".join(parts)
 
 
-def _scatter(views: list[memoryview], data: bytes | bytearray) -> None:
+def _scatter(views: list[memoryview], data: bytes | bytearray | memoryview) -> None:
     at = 0
     for view in views:
         if at >= len(data):
