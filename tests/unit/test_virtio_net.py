@@ -1,6 +1,7 @@
 """virtio-net over real guest memory and virtqueues, with a datagram socketpair standing in for the
 tap (frames with their virtio_net_hdr) and a stream socketpair for passt (length-prefixed frames)."""
 
+import os
 import random
 import socket
 import struct
@@ -517,3 +518,66 @@ def test_fuzz_tx_chains(tap_rig):
             assert len(received) == total, round_
         assert rig.used(rig.tx) == [(0, 0)]
     assert rig.net.counters.tx_frames >= 10 and rig.net.counters.tx_malformed >= 10     # both kinds were tried
+
+
+def test_fuzz_rx_chains(tap_rig):
+    """Seeded random rx chains (addresses in and out of RAM, lengths, directions, too few or too
+    small) and frames (small to TSO-sized), with and without mergeable buffers and TSO: nothing but a
+    VirtqueueError (a reset) ever comes out, a chain is never said to hold more than it has, and a
+    frame the device delivers is there whole, its num_buffers matching the chains it took."""
+    rig, peer = tap_rig
+    generator = random.Random(4321)
+    ram = rig.memory.size
+    features = [VIRTIO_F_VERSION_1, VIRTIO_F_VERSION_1 | h.F_MRG_RXBUF,
+                VIRTIO_F_VERSION_1 | h.F_MRG_RXBUF | h.F_GUEST_CSUM | h.F_GUEST_TSO4]
+    delivered = resets = 0
+    for round_ in range(300):
+        rig.net.reset()
+        rig.rx.reset()
+        rig.rx.size, rig.rx.desc_table, rig.rx.avail_ring, rig.rx.used_ring = 16, RX_DESC, RX_AVAIL, RX_USED
+        rig.next_desc[id(rig.rx)] = rig.avail_idx[id(rig.rx)] = rig.seen_used[id(rig.rx)] = 0
+        rig.memory.write(RX_USED, bytes(4))
+        while True:                                        # what an earlier round left in the backend
+            try:
+                os.read(rig.net.backend.fd, 1 << 17)
+            except BlockingIOError:
+                break
+        rig.net.activate(generator.choice(features))
+        chains, capacity, first_buffer = [], {}, {}
+        for _ in range(generator.randint(1, 5)):
+            chain = []
+            for part in range(generator.randint(1, 3)):
+                length = generator.choice([0, 1, 8, 12, 13, 60, 600, 1526, 1526, 4096, 4096, 9000, 65562])
+                place = BUFFERS + 0x20000 * len(chains) + 0x10000 * part
+                address = generator.choice([place] * 8 + [ram - length, ram + 0x1000, 2**64 - 8])
+                chain.append((address % 2**64, length, generator.random() < 0.95))
+            chains.append(chain)
+        size = generator.choice([14, 60, 1000, 1514, 3000, 9000, 65550])
+        payload = frame(size, seed=round_)
+        try:
+            for chain in chains:
+                head = rig.post(rig.rx, chain)
+                capacity[head] = sum(length for _, length, _ in chain)
+                first_buffer[head] = chain[0]
+            peer.send(h.ZERO_HEADER + payload)
+            rig.net.process(rig.rx, rig.memory)
+            used = rig.used(rig.rx)
+            if not used:                                   # a frame may wait for more: offer some
+                for extra in range(generator.randint(0, 3)):
+                    chain = [(BUFFERS + 0x200000 + 0x10000 * extra, generator.choice([600, 4096, 65562]), True)]
+                    head = rig.post(rig.rx, chain)
+                    capacity[head], first_buffer[head] = chain[0][1], chain[0]
+                rig.net.process(rig.rx, rig.memory)
+                used = rig.used(rig.rx)
+        except VirtqueueError:
+            resets += 1
+            continue
+        for head, written in used:
+            assert 0 < written <= capacity[head], (round_, head, written)
+        if used:
+            delivered += 1
+            assert sum(written for _, written in used) == 12 + size, round_
+            address, length, _ = first_buffer[used[0][0]]
+            if length >= 12:                                   # the header in one buffer: read it back
+                assert struct.unpack_from("<H", rig.memory.read(address, 12), 10)[0] == len(used)
+    assert delivered >= 20 and resets >= 20                          # both kinds were tried
