@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import errno
 import random
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 
 import pytest
 
-from tests.conftest import run_vmkit, vmkit_command
+from tests.conftest import vmkit_command
 from tests.integration.test_vsock import Console
 from vmkit.agent import AgentClient, AgentUnavailable, RemoteExecError, RemoteFileError
 from vmkit.agent.protocol import AGENT_VERSION
@@ -28,20 +26,6 @@ from vmkit.agent.protocol import AGENT_VERSION
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 BOOT_TIMEOUT_S = 900
 EXEC_TIMEOUT_S = 180
-
-
-@pytest.fixture(scope="module")
-def image():
-    built = run_vmkit("image", "build", "linux", timeout=3600)
-    assert built.returncode == 0, built.stdout + built.stderr
-    return "linux"
-
-
-@pytest.fixture
-def short_dir():
-    path = tempfile.mkdtemp(prefix="agt", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_for_agent(agent: AgentClient, proc: subprocess.Popen[bytes], console: Console) -> str:

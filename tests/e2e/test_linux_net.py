@@ -27,20 +27,12 @@ import time
 
 import pytest
 
-from tests.conftest import run_vmkit
 from tests.integration.test_net import _default_route
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600),
               pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
                                  reason="making a tap needs root and /dev/net/tun")]
 BOOT_TIMEOUT_S = 900
-
-
-@pytest.fixture(scope="module")
-def image():
-    built = run_vmkit("image", "build", "linux", timeout=3600)
-    assert built.returncode == 0, built.stdout + built.stderr
-    return "linux"
 
 
 class PageServer:

@@ -16,20 +16,12 @@ import time
 
 import pytest
 
-from tests.conftest import run_vmkit
 from tests.integration.test_daemon import Daemon, running_daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 BOOT_TIMEOUT_S = 900
 STOP_TIMEOUT_S = 600         # `vmkit stop -t`: far more than a graceful shutdown takes, even on PVM
 NOTE = "written just before the stop"
-
-
-@pytest.fixture(scope="module")
-def image():
-    built = run_vmkit("image", "build", "linux", timeout=3600)
-    assert built.returncode == 0, built.stdout + built.stderr
-    return "linux"
 
 
 @pytest.fixture(scope="module")

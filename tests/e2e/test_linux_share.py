@@ -39,13 +39,6 @@ echo SCRIPT-DONE
 """
 
 
-@pytest.fixture(scope="module")
-def image():
-    built = run_vmkit("image", "build", "linux", timeout=3600)
-    assert built.returncode == 0, built.stdout + built.stderr
-    return "linux"
-
-
 def test_linux_mounts_reads_writes_and_stays_inside_its_shares(image, tmp_path):
     read_only, writable = tmp_path / "ro", tmp_path / "rw"
     read_only.mkdir()

@@ -10,35 +10,19 @@ vsock needs /dev/vhost-vsock, which this host lacks.
 from __future__ import annotations
 
 import random
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 
 import pytest
 
-from tests.conftest import run_vmkit, vmkit_command
+from tests.conftest import vmkit_command
 from tests.integration.test_vsock import Console, connect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 BOOT_TIMEOUT_S = 900
 HOST_PORT, GUEST_PORT = 5000, 6000
 ECHO_BYTES = 200_000
-
-
-@pytest.fixture(scope="module")
-def image():
-    built = run_vmkit("image", "build", "linux", timeout=3600)
-    assert built.returncode == 0, built.stdout + built.stderr
-    return "linux"
-
-
-@pytest.fixture
-def short_dir():
-    path = tempfile.mkdtemp(prefix="vsk", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def answer_once(path: str, heard: list[bytes]) -> threading.Thread:

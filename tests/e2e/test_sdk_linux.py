@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 import vmkit
-from tests.conftest import run_vmkit
 from tests.integration.test_daemon import running_daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -30,9 +29,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "sdk.md"
 
 
 @pytest.fixture(scope="module")
-def daemon():
-    built = run_vmkit("image", "build", "linux", timeout=3600)
-    assert built.returncode == 0, built.stdout + built.stderr
+def daemon(image):
     with running_daemon() as running:
         yield running
 
