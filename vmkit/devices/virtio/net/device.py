@@ -54,7 +54,7 @@ from vmkit.devices.virtio.net.header import (
     frame_room,
 )
 from vmkit.devices.virtio.pci_transport import VIRTIO_F_VERSION_1
-from vmkit.devices.virtio.queue import DescriptorChain, Virtqueue, VirtqueueError
+from vmkit.devices.virtio.queue import Virtqueue, VirtqueueError
 from vmkit.memory import GuestMemory
 
 RX_QUEUE, TX_QUEUE = 0, 1
@@ -232,12 +232,11 @@ class VirtioNet:
                 return delivered
             delivered = True
         while self.backend.alive:
-            chain = self._rx_chain(queue, memory)
-            if chain is None:
+            taken = self._rx_chain(queue, memory)
+            if taken is None:
                 self._set_watch(False)          # the driver's next rx kick brings buffers
                 return delivered
-            views = [memory.view(b.address, b.length) for b in chain.writable]
-            room = sum(b.length for b in chain.writable)
+            head, views, room = taken
             try:
                 length = self.backend.receive(views)
             except OSError:
@@ -250,9 +249,9 @@ class VirtioNet:
                 break
             placed = True
             if length <= room:
-                self._complete(queue, memory, views, [(chain.head, length)], length)
+                self._complete(queue, memory, views, [(head, length)], length)
             elif self.negotiated & F_MRG_RXBUF and length <= frame_room(self.negotiated, self.mtu):
-                self._partial = _PartialFrame(queue, views, [(chain.head, room)],
+                self._partial = _PartialFrame(queue, views, [(head, room)],
                                               memoryview(bytes(self.backend.spill)), length)
                 placed = self._place_rest(queue, memory)
             else:
@@ -278,8 +277,10 @@ class VirtioNet:
             self._rx_waiting = True
             self._host.call_later(wait_ns, self._rx_retry)
 
-    def _rx_chain(self, queue: Virtqueue, memory: GuestMemory, first: bool = True) -> DescriptorChain | None:
-        """The driver's next receive chain (VirtqueueError when it is not one), or None."""
+    def _rx_chain(self, queue: Virtqueue, memory: GuestMemory,
+                  first: bool = True) -> tuple[int, list[memoryview], int] | None:
+        """The driver's next receive chain as its head, views of its buffers and their size
+        (VirtqueueError when it is not a receive chain), or None when none is offered."""
         chain = queue.pop(memory)
         if chain is None:
             return None
@@ -289,7 +290,7 @@ class VirtioNet:
         if size < (HEADER_SIZE if first else 1):
             raise VirtqueueError(f"receive chain {chain.head} has {size} bytes, less than "
                                  f"{'the 12-byte header' if first else 'one'}")
-        return chain
+        return chain.head, [memory.view(b.address, b.length) for b in chain.writable], size
 
     def _place_rest(self, queue: Virtqueue, memory: GuestMemory) -> bool:
         """Copy the waiting frame's spill into further chains; True once it is all placed and the
@@ -297,14 +298,14 @@ class VirtioNet:
         partial = self._partial
         assert partial is not None
         while len(partial.spill):
-            chain = self._rx_chain(queue, memory, first=False)
-            if chain is None:
+            taken = self._rx_chain(queue, memory, first=False)
+            if taken is None:
                 return False
-            views = [memory.view(b.address, b.length) for b in chain.writable]
-            take = min(len(partial.spill), sum(b.length for b in chain.writable))
+            head, views, size = taken
+            take = min(len(partial.spill), size)
             _scatter(views, partial.spill[:take])
             partial.spill = partial.spill[take:]
-            partial.used.append((chain.head, take))
+            partial.used.append((head, take))
         self._partial = None
         self._complete(queue, memory, partial.header, partial.used, partial.length)
         return True
@@ -313,16 +314,12 @@ class VirtioNet:
                   used: list[tuple[int, int]], length: int) -> None:
         """Return the chains a frame filled, with the header's num_buffers set (and its flags
         cleared when the driver did not accept checksum offload)."""
-        first = header_views[0]
-        if len(first) >= HEADER_SIZE:             # the usual case: the header in one buffer
-            if not self.negotiated & F_GUEST_CSUM:
-                first[:NUM_BUFFERS_AT] = NO_OFFLOAD_FLAGS
-            NUM_BUFFERS.pack_into(first, NUM_BUFFERS_AT, len(used))
-        else:
-            header = bytearray(_gather(header_views, HEADER_SIZE))
-            if not self.negotiated & F_GUEST_CSUM:
-                header[:NUM_BUFFERS_AT] = NO_OFFLOAD_FLAGS
-            NUM_BUFFERS.pack_into(header, NUM_BUFFERS_AT, len(used))
+        first = header_views[0]                   # usually the whole header: set in place
+        header = first if len(first) >= HEADER_SIZE else bytearray(_gather(header_views, HEADER_SIZE))
+        if not self.negotiated & F_GUEST_CSUM:
+            header[:NUM_BUFFERS_AT] = NO_OFFLOAD_FLAGS
+        NUM_BUFFERS.pack_into(header, NUM_BUFFERS_AT, len(used))
+        if header is not first:
             _scatter(header_views, header)
         for head, written in used:
             queue.push_used(memory, head, written)
